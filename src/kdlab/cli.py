@@ -1,0 +1,218 @@
+"""The ``kdlab`` command line."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kdlab.errors import KdlabError
+
+app = typer.Typer(
+    help="Knowledge distillation: train teachers, distill students, compare runs across seeds.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+DEFAULT_STORE = "kdlab-runs"
+StoreOpt = Annotated[
+    Path | None,
+    typer.Option("--store", help=f"Run store folder [default: $KDLAB_STORE or ./{DEFAULT_STORE}]"),
+]
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars.")]
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def command(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Register a command whose kdlab errors print as one clear line and exit with status 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except KdlabError as err:
+            _fail(str(err))
+
+    return app.command()(wrapper)
+
+
+def _store(path: Path | None):
+    from kdlab.store import RunStore
+
+    return RunStore(path or Path(os.environ.get("KDLAB_STORE", DEFAULT_STORE)))
+
+
+def _seeds(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        seeds = [int(s) for s in text.replace(" ", "").split(",") if s]
+    except ValueError:
+        _fail(f"--seeds must be comma-separated integers like 0,1,2, got {text!r}")
+    if not seeds:
+        _fail("--seeds needs at least one seed")
+    return seeds
+
+
+@command
+def quickstart(
+    store: StoreOpt = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="Comma-separated seeds [default: 0,1,2].")
+    ] = None,
+    progress: ProgressOpt = True,
+) -> None:
+    """Teacher, student alone and distilled student on the embedded digits data, in one table."""
+    from kdlab.quickstart import print_quickstart, run_quickstart
+
+    with _store(store) as run_store:
+        rows, _, _ = run_quickstart(run_store, _seeds(seeds), progress)
+        print_quickstart(rows, console)
+        console.print(f"Runs recorded in {run_store.root} — list them with `kdlab runs`.")
+
+
+@command
+def run(
+    config: Annotated[Path, typer.Argument(help="Experiment YAML file.")],
+    store: StoreOpt = None,
+    seeds: Annotated[str | None, typer.Option(help="Override the config's seeds: 0,1,2")] = None,
+    progress: ProgressOpt = True,
+) -> None:
+    """Run an experiment: per seed, teacher, student alone and distilled student."""
+    from kdlab.config import load_config
+    from kdlab.experiment import run_experiment
+    from kdlab.report import RunRow, gain, rich_table, summarize
+
+    cfg = load_config(config)
+    if seeds:
+        cfg.seeds = _seeds(seeds)  # type: ignore[assignment]
+    with _store(store) as run_store:
+        result = run_experiment(cfg, run_store, progress=progress)
+        rows = [RunRow(r.role, r.seed, r.metrics) for r in result.runs]
+        console.print(rich_table(summarize(rows), title=f"{cfg.name} — mean ± std over seeds"))
+        g = gain(rows, "student", "distilled")
+        if g.n:
+            console.print(
+                f"KD gain in test accuracy: {100 * g.mean:+.2f} points, paired over {g.n} seeds"
+            )
+        console.print(f"Runs recorded in {run_store.root}.")
+
+
+@command
+def validate(config: Annotated[Path, typer.Argument(help="Experiment YAML file.")]) -> None:
+    """Check an experiment file without running it."""
+    from kdlab.config import load_config
+
+    cfg = load_config(config)
+    console.print(f"{config}: valid ({cfg.name}, seeds {cfg.seeds}, data {cfg.data.source})")
+
+
+@command
+def runs(
+    store: StoreOpt = None,
+    experiment: Annotated[str | None, typer.Option(help="Only this experiment.")] = None,
+    role: Annotated[str | None, typer.Option(help="Only this role.")] = None,
+    status: Annotated[str | None, typer.Option(help="running, finished or failed.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many runs.")] = 50,
+) -> None:
+    """List runs in the store, newest first, with their key metrics."""
+    with _store(store) as run_store:
+        records = run_store.list_runs(experiment=experiment, role=role, status=status, limit=limit)
+    if not records:
+        console.print("No runs in this store yet: try `kdlab quickstart`.")
+        return
+    table = Table()
+    for col in ("id", "experiment", "role", "seed", "status", "test acc %", "agree %", "Φ_γ"):
+        table.add_column(col)
+    for r in records:
+        m = r.metrics
+
+        def pct(key: str, m: dict = m) -> str:
+            return f"{100 * m[key]:.2f}" if key in m else "—"
+
+        phi = f"{m['distill_error']:.3f}" if "distill_error" in m else "—"
+        status_text = r.status if r.status != "failed" else "[red]failed[/]"
+        table.add_row(
+            r.id,
+            r.experiment,
+            r.role,
+            str(r.seed),
+            status_text,
+            pct("accuracy"),
+            pct("agreement"),
+            phi,
+        )
+    console.print(table)
+
+
+@command
+def show(
+    run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix of it.")],
+    store: StoreOpt = None,
+    history: Annotated[bool, typer.Option(help="Print the per-epoch history too.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Print one run: its config, metrics, artefacts and (optionally) history."""
+    with _store(store) as run_store:
+        record = run_store.get_run(run_id)
+        rows = run_store.history(record.id)
+    if as_json:
+        payload = {**record.__dict__, "history": rows if history else None}
+        console.print_json(json.dumps(payload, default=str))
+        return
+    console.print(
+        f"[bold]{record.id}[/]  {record.experiment} / {record.name}  "
+        f"role={record.role} seed={record.seed} status={record.status}"
+    )
+    console.print(f"created {record.created_at}, finished {record.finished_at or '—'}")
+    if record.error:
+        console.print(f"[red]error:[/] {record.error}")
+    for key, value in sorted(record.metrics.items()):
+        console.print(f"  {key:>14}: {value:.6g}")
+    for key, value in record.artefacts.items():
+        console.print(f"  artefact {key}: {value}")
+    console.print(f"  {len(rows)} epochs recorded")
+    if history and rows:
+        table = Table()
+        keys = list(rows[0])
+        for key in keys:
+            table.add_column(key, justify="right")
+        for row in rows:
+            table.add_row(*[f"{row.get(k, float('nan')):.4g}" for k in keys])
+        console.print(table)
+
+
+@command
+def datasets(
+    root: Annotated[Path | None, typer.Option(help="Extra folder to look in.")] = None,
+) -> None:
+    """List dataset sources and whether their files are found on this machine."""
+    from kdlab.data.sources import SOURCES, locate
+
+    table = Table()
+    table.add_column("source")
+    table.add_column("found at")
+    for name, source in SOURCES.items():
+        if source.find is None:
+            where = "bundled"
+        else:
+            try:
+                where = str(locate(source, root))
+            except KdlabError:
+                where = "[dim]not found (kdlab run tells where to put it)[/]"
+        table.add_row(name, where)
+    console.print(table)

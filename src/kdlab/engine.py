@@ -1,0 +1,304 @@
+"""The one training loop every scheme runs on.
+
+It owns epochs, batches, optimizers and schedules, gradient clipping, evaluation, atomic and
+resumable checkpoints, the progress bar and the non-finite guard. It knows nothing about
+distillation: a :class:`~kdlab.schemes.Scheme` computes the losses and calls ``update``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from kdlab import checkpoint as ckpt
+from kdlab.data.base import ArrayDataset, TensorBatcher
+from kdlab.errors import NonFiniteLossError
+from kdlab.losses.base import LossOutput
+from kdlab.metrics import accuracy, nll
+from kdlab.progress import TrainingProgress
+from kdlab.schemes.base import Scheme
+from kdlab.settings import OptimizerSettings, ScheduleSettings, TrainSettings
+
+EpochCallback = Callable[[dict[str, float]], None]
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch; optionally make torch choose deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+
+
+def make_optimizer(params: Iterable[nn.Parameter], cfg: OptimizerSettings) -> torch.optim.Optimizer:
+    params = list(params)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay,
+        )
+    optim = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
+    return optim(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: ScheduleSettings, epochs: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-epoch schedule: linear warm-up over ``warmup_epochs``, then the named decay."""
+    base_lr = optimizer.param_groups[0]["lr"]
+    warm, decay_epochs = cfg.warmup_epochs, max(epochs - cfg.warmup_epochs, 1)
+
+    def factor(epoch: int) -> float:  # epoch = number of scheduler steps taken so far
+        if epoch < warm:
+            return (epoch + 1) / (warm + 1)
+        e = epoch - warm
+        if cfg.name == "cosine":
+            floor = cfg.min_lr / base_lr
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(e / decay_epochs, 1)))
+        if cfg.name == "step":
+            return cfg.gamma ** (e // cfg.step_size)
+        if cfg.name == "multistep":
+            return cfg.gamma ** sum(e >= m for m in cfg.milestones)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class Engine:
+    """Trains a scheme's models: ``Engine(settings).fit(scheme, train, val)``."""
+
+    def __init__(
+        self,
+        settings: TrainSettings | None = None,
+        *,
+        seed: int = 0,
+        checkpoint_path: str | Path | None = None,
+        progress: bool = True,
+        description: str = "train",
+        callbacks: Iterable[EpochCallback] = (),
+    ) -> None:
+        self.settings = settings or TrainSettings()
+        self.seed = seed
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        self.progress = progress
+        self.description = description
+        self.callbacks = list(callbacks)
+        self.history: list[dict[str, float]] = []
+
+    # -- public ---------------------------------------------------------------------------------
+
+    def fit(
+        self,
+        scheme: Scheme,
+        train: ArrayDataset,
+        val: ArrayDataset | None = None,
+        *,
+        resume: bool = False,
+    ) -> list[dict[str, float]]:
+        """Train for ``settings.epochs`` epochs; returns the per-epoch history."""
+        s = self.settings
+        previous_determinism = torch.are_deterministic_algorithms_enabled()
+        previous_threads = torch.get_num_threads()
+        seed_everything(self.seed, s.deterministic)
+        if s.threads is not None:
+            torch.set_num_threads(s.threads)
+        try:
+            return self._fit(scheme, train, val, resume)
+        finally:
+            torch.use_deterministic_algorithms(previous_determinism)
+            torch.set_num_threads(previous_threads)
+
+    # -- loop -----------------------------------------------------------------------------------
+
+    def _fit(
+        self, scheme: Scheme, train: ArrayDataset, val: ArrayDataset | None, resume: bool
+    ) -> list[dict[str, float]]:
+        s = self.settings
+        groups = scheme.optimizer_groups()
+        unknown = set(s.optimizers) - set(groups)
+        if unknown:
+            raise ValueError(
+                f"settings.optimizers names {sorted(unknown)}, but this scheme's optimizers are "
+                f"{sorted(groups)}"
+            )
+        self.optimizers = {
+            name: make_optimizer(params, s.optimizers.get(name, s.optimizer))
+            for name, params in groups.items()
+        }
+        self.schedulers = {
+            name: make_scheduler(opt, s.schedule, s.epochs) for name, opt in self.optimizers.items()
+        }
+        self.history, start, self._best, self._scheme = [], 0, None, scheme
+        self._saved_at = time.monotonic()
+        if resume and self.checkpoint_path and self.checkpoint_path.exists():
+            start = self._restore(scheme, ckpt.load_checkpoint(self.checkpoint_path))
+        batcher = TensorBatcher(train, s.batch_size, shuffle=True, seed=self.seed)
+        with TrainingProgress(self.description, self.progress) as bar:
+            for epoch in range(start, s.epochs):
+                row = self._train_epoch(scheme, batcher, epoch, bar)
+                if (
+                    val is not None
+                    and len(val)
+                    and ((epoch + 1) % s.eval_every == 0 or epoch + 1 == s.epochs)
+                ):
+                    row.update(self._evaluate(scheme, val))
+                self.history.append(row)
+                for sched in self.schedulers.values():
+                    sched.step()
+                for callback in self.callbacks:
+                    callback(row)
+                if self._checkpoint_due(epoch + 1):
+                    self._save(scheme, epoch + 1)
+        if s.keep_best and self._best is not None:
+            scheme.eval_model().load_state_dict(self._best[1])
+        scheme.set_mode(False)
+        return self.history
+
+    def _train_epoch(
+        self, scheme: Scheme, batcher: TensorBatcher, epoch: int, bar: TrainingProgress
+    ) -> dict[str, float]:
+        sums: dict[str, float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)
+        multi = len(self.optimizers) > 1
+        step = 0
+
+        def update(name: str, loss: LossOutput) -> None:
+            self._update(name, loss, epoch, step)
+            prefix = f"{name}." if multi else ""
+            for key, value in (("loss", loss.total), *loss.terms.items()):
+                sums[prefix + key] += float(value.detach())
+                counts[prefix + key] += 1
+
+        scheme.set_mode(True)
+        bar.start_epoch(epoch + 1, self.settings.epochs, len(batcher))
+        started = time.perf_counter()
+        for step, batch in enumerate(batcher.epoch(epoch)):
+            for key, value in scheme.train_step(batch, update).items():
+                sums[key] += value
+                counts[key] += 1
+            if step % 10 == 0:
+                bar.advance({k: sums[k] / counts[k] for k in list(sums)[:3]})
+            else:
+                bar.advance()
+        row: dict[str, float] = {"epoch": epoch + 1}
+        row.update({k: sums[k] / counts[k] for k in sums})
+        row["lr"] = next(iter(self.optimizers.values())).param_groups[0]["lr"]
+        row["seconds"] = time.perf_counter() - started
+        return row
+
+    def _update(self, name: str, loss: LossOutput, epoch: int, step: int) -> None:
+        total = loss.total
+        if not torch.isfinite(total.detach()).all():
+            self._non_finite(name, loss, epoch, step, "loss")
+        opt = self.optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        clip = self.settings.clip_grad_norm
+        if clip is not None:
+            params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+            norm = torch.nn.utils.clip_grad_norm_(params, clip)
+            if not torch.isfinite(norm):
+                self._non_finite(name, loss, epoch, step, "gradient norm")
+        opt.step()
+
+    def _non_finite(self, name: str, loss: LossOutput, epoch: int, step: int, what: str) -> None:
+        terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in loss.terms.items())
+        kept = "no checkpoint was configured, so the in-memory weights are the last updated ones"
+        if self.checkpoint_path and self.checkpoint_path.exists():
+            good = ckpt.load_checkpoint(self.checkpoint_path)
+            for key, module in self._scheme.trainable().items():
+                module.load_state_dict(good["models"][key])
+            kept = (
+                f"the last good checkpoint (epoch {good['epoch']}) is kept at "
+                f"{self.checkpoint_path} and was restored in memory"
+            )
+        raise NonFiniteLossError(
+            f"non-finite {what} at epoch {epoch + 1}, step {step + 1} (optimizer {name!r}; "
+            f"terms: {terms or 'none'}). Training stopped; {kept}. Try a lower learning rate, "
+            "gradient clipping (clip_grad_norm), or check the inputs for NaN/inf."
+        )
+
+    @torch.no_grad()
+    def _evaluate(self, scheme: Scheme, val: ArrayDataset) -> dict[str, float]:
+        logits = scheme.predict(val)
+        metrics = {"val_accuracy": accuracy(logits, val.y), "val_nll": nll(logits, val.y)}
+        if self.settings.keep_best and (
+            self._best is None or metrics["val_accuracy"] > self._best[0]
+        ):
+            state = copy.deepcopy(scheme.eval_model().state_dict())
+            self._best = (metrics["val_accuracy"], state)
+        return metrics
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def _checkpoint_due(self, epoch: int) -> bool:
+        s = self.settings
+        if self.checkpoint_path is None:
+            return False
+        if epoch == s.epochs:
+            return True
+        recent = time.monotonic() - self._saved_at < s.checkpoint_seconds
+        return epoch % s.checkpoint_every == 0 and not recent
+
+    def _save(self, scheme: Scheme, epoch: int) -> None:
+        self._saved_at = time.monotonic()
+        ckpt.save_atomic(
+            {
+                "format": ckpt.FORMAT,
+                "version": ckpt.VERSION,
+                "epoch": epoch,
+                "seed": self.seed,
+                "models": {k: m.state_dict() for k, m in scheme.trainable().items()},
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                "schedulers": {k: sc.state_dict() for k, sc in self.schedulers.items()},
+                "history": self.history,
+                "best": self._best,
+                "rng": _rng_state(),
+            },
+            self.checkpoint_path,  # type: ignore[arg-type]
+        )
+
+    def _restore(self, scheme: Scheme, state: dict[str, Any]) -> int:
+        models = scheme.trainable()
+        if set(state["models"]) != set(models) or set(state["optimizers"]) != set(self.optimizers):
+            raise ValueError(
+                f"checkpoint {self.checkpoint_path} holds models {sorted(state['models'])} and "
+                f"optimizers {sorted(state['optimizers'])}, but this run has {sorted(models)} and "
+                f"{sorted(self.optimizers)}; resume only the run that wrote it"
+            )
+        for key, module in models.items():
+            module.load_state_dict(state["models"][key])
+        for key, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][key])
+        for key, sched in self.schedulers.items():
+            sched.load_state_dict(state["schedulers"][key])
+        self.history, self._best = list(state["history"]), state["best"]
+        _set_rng_state(state["rng"])
+        return int(state["epoch"])
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])

@@ -1,0 +1,176 @@
+"""Run a validated experiment config: per seed, a teacher, the student alone, the distilled student.
+
+The student alone and the distilled student start from the same initial weights (same seed), see
+the same training examples and use the same training settings, so their difference is the loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from kdlab import checkpoint as ckpt
+from kdlab.api import RunResult, check_num_classes, evaluate, fit_model
+from kdlab.config import ExperimentConfig
+from kdlab.data import DataSplits, load_dataset, split_indices
+from kdlab.data.base import ArrayDataset
+from kdlab.engine import seed_everything
+from kdlab.errors import ConfigError
+from kdlab.models import build_model
+from kdlab.store import RunStore
+
+
+@dataclass
+class ExperimentResult:
+    name: str
+    runs: list[RunResult] = field(default_factory=list)
+    #: The trained (or loaded) teacher of each seed, reusable by another experiment.
+    teachers: dict[int, nn.Module] = field(default_factory=dict)
+
+    def by_role(self, role: str) -> list[RunResult]:
+        return [r for r in self.runs if r.role == role]
+
+
+def student_train_set(data: DataSplits, subset: int | None, seed: int) -> ArrayDataset:
+    """The student's labelled examples: all of ``data.train``, or a stratified subset."""
+    if subset is None:
+        return data.train
+    if subset > len(data.train):
+        raise ConfigError(
+            f"student.train_subset is {subset}, but {data.name} has only {len(data.train)} "
+            "training examples after the validation split"
+        )
+    (index,) = split_indices(data.train.y.numpy(), [subset], seed)
+    return data.train.subset(index)
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    store: RunStore | None = None,
+    *,
+    progress: bool = True,
+    teachers: dict[int, nn.Module] | None = None,
+    on_run: Callable[[RunResult], None] | None = None,
+) -> ExperimentResult:
+    """Train (or load) the teacher, the baseline student and the distilled student per seed."""
+    result = ExperimentResult(cfg.name)
+    common = {
+        "store": store,
+        "experiment": cfg.name,
+        "progress": progress,
+        "gamma": cfg.metrics.gamma,
+        "ece_bins": cfg.metrics.ece_bins,
+    }
+    config_json = cfg.model_dump(mode="json")
+
+    def record(run: RunResult) -> None:
+        result.runs.append(run)
+        if on_run is not None:
+            on_run(run)
+
+    for seed in cfg.seeds:
+        data = load_dataset(
+            cfg.data.source,
+            root=cfg.data.root,
+            seed=seed,
+            val_fraction=cfg.data.val_fraction,
+            test_size=cfg.data.test_size,
+            flatten=cfg.data.flatten,
+        )
+        teacher = (teachers or {}).get(seed)
+        if teacher is None:
+            teacher = _teacher(cfg, data, seed, config_json, common, record)
+        else:
+            check_num_classes(teacher, data, "teacher")
+        teacher.eval()
+        result.teachers[seed] = teacher
+        train_set = student_train_set(data, cfg.student.train_subset, seed)
+        student_cfg = {"experiment": config_json, "train_examples": len(train_set)}
+        if cfg.student.baseline:
+            seed_everything(seed)
+            baseline = build_model(cfg.student.model, data.input_shape, data.num_classes)
+            record(
+                fit_model(
+                    baseline,
+                    data,
+                    [{"type": "ce"}],
+                    cfg.student.train,
+                    seed=seed,
+                    train_set=train_set,
+                    role="student",
+                    name=f"student s{seed}",
+                    config=student_cfg,
+                    **common,
+                )
+            )
+        seed_everything(seed)  # same initial weights as the baseline
+        student = build_model(cfg.student.model, data.input_shape, data.num_classes)
+        record(
+            fit_model(
+                student,
+                data,
+                cfg.distill.loss,
+                cfg.distill.train or cfg.student.train,
+                teacher=teacher,
+                seed=seed,
+                train_set=train_set,
+                role="distilled",
+                name=f"distilled s{seed}",
+                config=student_cfg,
+                **common,
+            )
+        )
+    return result
+
+
+def _teacher(
+    cfg: ExperimentConfig,
+    data: DataSplits,
+    seed: int,
+    config_json: dict,
+    common: dict,
+    record: Callable[[RunResult], None],
+) -> nn.Module:
+    seed_everything(seed)
+    teacher = build_model(cfg.teacher.model, data.input_shape, data.num_classes)
+    if cfg.teacher.checkpoint is None:
+        run = fit_model(
+            teacher,
+            data,
+            cfg.teacher.loss,
+            cfg.teacher.train,
+            seed=seed,
+            role="teacher",
+            name=f"teacher s{seed}",
+            config={"experiment": config_json},
+            **common,
+        )
+        record(run)
+        return run.model
+    try:
+        teacher.load_state_dict(ckpt.load_state_dict(cfg.teacher.checkpoint))
+    except RuntimeError as err:  # missing/unexpected keys or shape mismatch
+        raise ConfigError(
+            f"teacher.checkpoint {cfg.teacher.checkpoint} does not fit teacher.model "
+            f"{cfg.teacher.model}: {err}"
+        ) from err
+    check_num_classes(teacher, data, "teacher")
+    metrics = evaluate(teacher, data.test, gamma=cfg.metrics.gamma, ece_bins=cfg.metrics.ece_bins)
+    store: RunStore | None = common["store"]
+    run_id = None
+    if store is not None:
+        run_id = store.create_run(
+            experiment=cfg.name,
+            name=f"teacher s{seed} (loaded)",
+            role="teacher",
+            seed=seed,
+            config={"experiment": config_json, "checkpoint": cfg.teacher.checkpoint},
+        )
+        store.finish_run(run_id, metrics, {"model": cfg.teacher.checkpoint})
+    record(RunResult(teacher, metrics, [], run_id, "teacher", seed))
+    return teacher
+
+
+__all__ = ["ExperimentResult", "run_experiment", "student_train_set"]

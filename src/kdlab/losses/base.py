@@ -1,0 +1,160 @@
+"""Loss terms: named, weighted pieces of an experiment's loss.
+
+A ``Term`` is a small ``nn.Module`` (so it may own parameters, e.g. a hint regressor) that maps
+what it reads — the student's output, the teacher's output, the batch — to a scalar. An
+``Objective`` sums its terms with their weights and reports each term's value under its name, so
+logging and ablations need no extra code. Schemes decide which models play "student" and
+"teacher" for each objective; terms never know about schemes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from kdlab.errors import ConfigError
+from kdlab.types import Batch, ModelOutput
+
+
+class Term(nn.Module):
+    """Base class of every loss term. Subclasses set ``kind`` and implement ``forward``."""
+
+    kind: ClassVar[str] = ""
+    #: False for terms that only read labels (cross-entropy); schemes may then skip the teacher.
+    needs_teacher: ClassVar[bool] = True
+
+    def __init__(self, weight: float = 1.0, name: str | None = None) -> None:
+        super().__init__()
+        weight = float(weight)
+        if not math.isfinite(weight) or weight < 0:
+            raise ConfigError(
+                f"loss term {name or self.kind!r}: weight must be a finite number ≥ 0, "
+                f"got {weight}; "
+                "a term's sign is part of its definition, so use a positive weight"
+            )
+        self.weight = weight
+        self.name = name or self.kind
+
+    def forward(  # pragma: no cover - abstract
+        self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch
+    ) -> Tensor:
+        raise NotImplementedError
+
+    def _teacher(self, teacher: ModelOutput | None) -> ModelOutput:
+        if teacher is None:
+            raise ConfigError(
+                f"loss term {self.name!r} ({self.kind}) needs a teacher, but this stage has none; "
+                "use it only in a distillation stage, or drop it from the loss"
+            )
+        return teacher
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, weight={self.weight}"
+
+
+@dataclass
+class LossOutput:
+    """The weighted total and each term's unweighted value."""
+
+    total: Tensor
+    terms: dict[str, Tensor]
+
+
+class Objective(nn.Module):
+    """A weighted sum of terms: total = Σ_k weight_k · term_k(student, teacher, batch)."""
+
+    def __init__(self, terms: Iterable[Term]) -> None:
+        super().__init__()
+        terms = list(terms)
+        if not terms:
+            raise ConfigError("a loss needs at least one term, e.g. [{type: ce}]")
+        taken: set[str] = set()
+        for term in terms:  # give repeated names distinct suffixes: kd, kd_2, kd_3, ...
+            base, k = term.name, 1
+            while term.name in taken:
+                k += 1
+                term.name = f"{base}_{k}"
+            taken.add(term.name)
+        self.terms = nn.ModuleList(terms)
+
+    @property
+    def needs_teacher(self) -> bool:
+        return any(t.needs_teacher and t.weight > 0 for t in self.terms)
+
+    def forward(
+        self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch
+    ) -> LossOutput:
+        values: dict[str, Tensor] = {}
+        total: Tensor | None = None
+        for term in self.terms:
+            if term.weight == 0:
+                continue
+            value = term(student, teacher, batch)
+            values[term.name] = value
+            total = term.weight * value if total is None else total + term.weight * value
+        if total is None:
+            total = (
+                student.logits.sum() * 0.0
+            )  # every weight is 0: a zero loss that keeps the graph
+        return LossOutput(total, values)
+
+
+TERMS: dict[str, type[Term]] = {}
+
+
+def register_term(cls: type[Term]) -> type[Term]:
+    """Class decorator: make a term buildable by its ``kind`` from configs."""
+    if not cls.kind:
+        raise TypeError(f"{cls.__name__} must set a non-empty `kind`")
+    TERMS[cls.kind] = cls
+    return cls
+
+
+def term_parameters(kind: str) -> list[str]:
+    """Names a term of this kind accepts in a config (besides ``type``)."""
+    sig = inspect.signature(TERMS[kind].__init__)
+    return [p for p in sig.parameters if p != "self"]
+
+
+def build_term(spec: Mapping[str, Any]) -> Term:
+    """Build a term from ``{"type": kind, **params}``; errors name the bad kind or parameter."""
+    spec = dict(spec)
+    kind = spec.pop("type", None)
+    if kind not in TERMS:
+        close = difflib.get_close_matches(str(kind), TERMS, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ConfigError(f"unknown loss {kind!r}{hint}; valid losses: {', '.join(sorted(TERMS))}")
+    allowed = term_parameters(kind)
+    unknown = [k for k in spec if k not in allowed]
+    if unknown:
+        raise ConfigError(
+            f"loss {kind!r} has no parameter {', '.join(map(repr, unknown))}; "
+            f"valid parameters: {', '.join(allowed)}"
+        )
+    try:
+        return TERMS[kind](**spec)
+    except (TypeError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"loss {kind!r}: {err}") from err
+
+
+def build_objective(specs: Iterable[Mapping[str, Any] | Term]) -> Objective:
+    return Objective(s if isinstance(s, Term) else build_term(s) for s in specs)
+
+
+def at_least_float32(x: Tensor) -> Tensor:
+    """Half-precision logits are upcast for losses (they underflow at high T); float64 stays."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def temperature_softmax(logits: Tensor, temperature: float) -> Tensor:
+    """log softmax(logits / T), computed in float32 or wider."""
+    return torch.log_softmax(at_least_float32(logits) / temperature, dim=-1)

@@ -1,0 +1,54 @@
+"""Offline distillation (seed 001 §4): a frozen, pre-trained teacher teaches a student.
+
+Without a teacher it is plain supervised training, which is how kdlab trains teachers and
+students alone — one scheme, one loop, for all three.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kdlab.errors import ConfigError
+from kdlab.losses.base import Objective
+from kdlab.schemes.base import Scheme, Update, batch_accuracy
+from kdlab.types import Batch
+
+
+class OfflineScheme(Scheme):
+    """Student trained on ``objective``; the teacher (if any) runs in eval mode under no_grad."""
+
+    def __init__(self, student: nn.Module, objective: Objective, teacher: nn.Module | None = None):
+        if objective.needs_teacher and teacher is None:
+            names = [t.name for t in objective.terms if t.needs_teacher]
+            raise ConfigError(
+                f"loss terms {names} need a teacher, but none was given; pass a teacher or "
+                "use only label terms such as 'ce'"
+            )
+        self.student = student
+        self.objective = objective
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.requires_grad_(False)
+
+    def trainable(self) -> dict[str, nn.Module]:
+        return {"model": self.student, "objective": self.objective}
+
+    def frozen(self) -> dict[str, nn.Module]:
+        return {"teacher": self.teacher} if self.teacher is not None else {}
+
+    def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
+        params = [*self.student.parameters(), *self.objective.parameters()]
+        return {"student": [p for p in params if p.requires_grad]}
+
+    def eval_model(self) -> nn.Module:
+        return self.student
+
+    def train_step(self, batch: Batch, update: Update) -> dict[str, float]:
+        teacher_out = None
+        if self.teacher is not None and self.objective.needs_teacher:
+            with torch.no_grad():
+                teacher_out = self.forward(self.teacher, batch.inputs)
+        student_out = self.forward(self.student, batch.inputs)
+        update("student", self.objective(student_out, teacher_out, batch))
+        return {"acc": batch_accuracy(student_out.logits, batch.targets)}

@@ -1,0 +1,84 @@
+"""Training settings shared by the engine (Python API) and experiment configs (YAML).
+
+Pydantic models with ``extra="forbid"``: an unknown key is an error that names it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+
+class Strict(BaseModel):
+    """Base of every settings/config model: unknown keys are errors that list the valid ones."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            valid = list(cls.model_fields)
+            for key in data:
+                if key not in cls.model_fields:
+                    close = difflib.get_close_matches(str(key), valid, n=1)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    raise ValueError(f"unknown key {key!r}{hint}; valid keys: {', '.join(valid)}")
+        return data
+
+
+class OptimizerSettings(Strict):
+    """``sgd`` (with momentum/nesterov), ``adam`` or ``adamw``."""
+
+    name: Literal["sgd", "adam", "adamw"] = "adam"
+    lr: PositiveFloat = 1e-3
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class ScheduleSettings(Strict):
+    """Learning-rate schedule, stepped once per epoch, after an optional linear warm-up."""
+
+    name: Literal["constant", "cosine", "step", "multistep"] = "constant"
+    step_size: PositiveInt = 30
+    milestones: list[PositiveInt] = Field(default_factory=list)
+    gamma: float = Field(0.1, gt=0, le=1)
+    warmup_epochs: int = Field(0, ge=0)
+    min_lr: float = Field(0.0, ge=0)
+
+
+class TrainSettings(Strict):
+    """How one model (or one scheme's models) is trained."""
+
+    epochs: PositiveInt = 20
+    batch_size: PositiveInt = 64
+    optimizer: OptimizerSettings = Field(default_factory=OptimizerSettings)
+    #: Per-optimizer overrides by optimizer name (e.g. a discriminator's own learning rate).
+    optimizers: dict[str, OptimizerSettings] = Field(default_factory=dict)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    clip_grad_norm: PositiveFloat | None = None
+    deterministic: bool = False
+    eval_every: PositiveInt = 1
+    #: Write the resumable checkpoint after every ``checkpoint_every``-th epoch, but no sooner than
+    #: ``checkpoint_seconds`` after the previous one (tiny models run epochs in milliseconds);
+    #: the last epoch is always saved.
+    checkpoint_every: PositiveInt = 1
+    checkpoint_seconds: float = Field(30.0, ge=0)
+    #: Intra-op CPU threads while training (None: torch's default). Small models often run
+    #: fastest on one thread, and a busy machine makes many threads slower still.
+    threads: PositiveInt | None = None
+    #: Keep the weights of the epoch with the best validation accuracy instead of the last.
+    keep_best: bool = False
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainSettings:
+        if self.schedule.warmup_epochs >= self.epochs and self.schedule.warmup_epochs > 0:
+            raise ValueError(
+                f"schedule.warmup_epochs ({self.schedule.warmup_epochs}) must be smaller than "
+                f"epochs ({self.epochs})"
+            )
+        return self

@@ -1,0 +1,43 @@
+"""Small containers passed between data, schemes, loss terms and the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Batch:
+    """One mini-batch. ``index`` holds the samples' positions in their split (for caches)."""
+
+    inputs: Tensor
+    targets: Tensor
+    index: Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.inputs.shape[0])
+
+
+@dataclass
+class ModelOutput:
+    """What a loss term sees of one model on one batch: its logits and any tapped features."""
+
+    logits: Tensor
+    features: dict[str, Tensor] = field(default_factory=dict)
+
+    def detach(self) -> ModelOutput:
+        return ModelOutput(self.logits.detach(), {k: v.detach() for k, v in self.features.items()})
+
+
+def as_output(value: Tensor | ModelOutput) -> ModelOutput:
+    """Wrap a plain logits tensor (what any ``nn.Module`` classifier returns) in a ModelOutput."""
+    if isinstance(value, ModelOutput):
+        return value
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(
+            "a model must return a logits tensor of shape [batch, classes], "
+            f"got {type(value).__name__}"
+        )
+    return ModelOutput(value)
