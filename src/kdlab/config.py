@@ -8,15 +8,24 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from kdlab.data.sources import get_source
 from kdlab.errors import ConfigError
 from kdlab.losses import build_term
 from kdlab.models import resolve_model_class
+from kdlab.runners import get_runner
 from kdlab.settings import Strict, TrainSettings
 
 DATA_DERIVED = {"in_features", "in_channels", "input_shape", "num_classes"}
@@ -87,7 +96,10 @@ class StudentConfig(Strict):
 
 
 class DistillConfig(Strict):
-    scheme: Literal["offline"] = "offline"
+    #: Who learns from whom: a name in kdlab.runners.RUNNERS (``offline``, ...).
+    scheme: str = "offline"
+    #: Scheme-specific settings, validated by the scheme's own options model.
+    options: dict[str, Any] = Field(default_factory=dict)
     loss: list[dict[str, Any]] = Field(
         default_factory=lambda: [
             {"type": "ce", "weight": 0.1},
@@ -98,6 +110,14 @@ class DistillConfig(Strict):
     train: TrainSettings | None = None
 
     _loss = field_validator("loss")(classmethod(lambda cls, v: check_loss_specs(v)))
+
+    @model_validator(mode="after")
+    def _scheme_options(self) -> DistillConfig:
+        self.parsed_options()  # validates; the dump keeps what the user wrote
+        return self
+
+    def parsed_options(self) -> BaseModel:
+        return get_runner(self.scheme).options.model_validate(self.options)
 
 
 class MetricsConfig(Strict):
@@ -110,10 +130,20 @@ class ExperimentConfig(Strict):
     name: str = "experiment"
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     data: DataConfig = Field(default_factory=DataConfig)
-    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    #: ``null`` for schemes that need no pre-trained teacher (e.g. mutual learning).
+    teacher: TeacherConfig | None = Field(default_factory=TeacherConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+
+    @model_validator(mode="after")
+    def _teacher_if_needed(self) -> ExperimentConfig:
+        if self.teacher is None and get_runner(self.distill.scheme).needs_teacher:
+            raise ValueError(
+                f"scheme {self.distill.scheme!r} distills a pre-trained teacher, but teacher is "
+                "null; describe the teacher (model and train, or checkpoint)"
+            )
+        return self
 
     @field_validator("seeds")
     @classmethod

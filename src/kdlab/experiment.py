@@ -19,6 +19,7 @@ from kdlab.data.base import ArrayDataset
 from kdlab.engine import seed_everything
 from kdlab.errors import ConfigError
 from kdlab.models import build_model
+from kdlab.runners import DistillContext, get_runner
 from kdlab.store import RunStore
 
 
@@ -70,58 +71,40 @@ def run_experiment(
         if on_run is not None:
             on_run(run)
 
+    runner = get_runner(cfg.distill.scheme)
     for seed in cfg.seeds:
         data = load_dataset(
-            cfg.data.source,
-            root=cfg.data.root,
-            seed=seed,
-            val_fraction=cfg.data.val_fraction,
-            test_size=cfg.data.test_size,
-            flatten=cfg.data.flatten,
-        )
+            cfg.data.source, root=cfg.data.root, seed=seed, val_fraction=cfg.data.val_fraction,
+            test_size=cfg.data.test_size, flatten=cfg.data.flatten,
+        )  # fmt: skip
         teacher = (teachers or {}).get(seed)
-        if teacher is None:
-            teacher = _teacher(cfg, data, seed, config_json, common, record)
-        else:
+        if teacher is not None:
             check_num_classes(teacher, data, "teacher")
-        teacher.eval()
-        result.teachers[seed] = teacher
+        elif cfg.teacher is not None:
+            teacher = _teacher(cfg, data, seed, config_json, common, record)
+        if teacher is not None:
+            teacher.eval()
+            result.teachers[seed] = teacher
         train_set = student_train_set(data, cfg.student.train_subset, seed)
         student_cfg = {"experiment": config_json, "train_examples": len(train_set)}
+
+        def new_student(data: DataSplits = data, seed: int = seed) -> nn.Module:
+            seed_everything(seed)  # the baseline and every distilled student start alike
+            return build_model(cfg.student.model, data.input_shape, data.num_classes)
+
         if cfg.student.baseline:
-            seed_everything(seed)
-            baseline = build_model(cfg.student.model, data.input_shape, data.num_classes)
-            record(
-                fit_model(
-                    baseline,
-                    data,
-                    [{"type": "ce"}],
-                    cfg.student.train,
-                    seed=seed,
-                    train_set=train_set,
-                    role="student",
-                    name=f"student s{seed}",
-                    config=student_cfg,
-                    **common,
-                )
-            )
-        seed_everything(seed)  # same initial weights as the baseline
-        student = build_model(cfg.student.model, data.input_shape, data.num_classes)
-        record(
-            fit_model(
-                student,
-                data,
-                cfg.distill.loss,
-                cfg.distill.train or cfg.student.train,
-                teacher=teacher,
-                seed=seed,
-                train_set=train_set,
-                role="distilled",
-                name=f"distilled s{seed}",
-                config=student_cfg,
-                **common,
-            )
-        )
+            record(fit_model(
+                new_student(), data, [{"type": "ce"}], cfg.student.train, seed=seed,
+                train_set=train_set, role="student", name=f"student s{seed}",
+                config=student_cfg, **common,
+            ))  # fmt: skip
+        ctx = DistillContext(
+            data=data, seed=seed, teacher=teacher, train_set=train_set, loss=cfg.distill.loss,
+            train=cfg.distill.train or cfg.student.train, options=cfg.distill.parsed_options(),
+            new_student=new_student, fit_kwargs=common, config=student_cfg,
+        )  # fmt: skip
+        for run in runner.run(ctx):
+            record(run)
     return result
 
 
@@ -133,6 +116,7 @@ def _teacher(
     common: dict,
     record: Callable[[RunResult], None],
 ) -> nn.Module:
+    assert cfg.teacher is not None
     seed_everything(seed)
     teacher = build_model(cfg.teacher.model, data.input_shape, data.num_classes)
     if cfg.teacher.checkpoint is None:

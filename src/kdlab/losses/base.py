@@ -29,6 +29,10 @@ class Term(nn.Module):
     kind: ClassVar[str] = ""
     #: False for terms that only read labels (cross-entropy); schemes may then skip the teacher.
     needs_teacher: ClassVar[bool] = True
+    #: Module paths whose outputs this term reads from ``student.features`` / ``teacher.features``
+    #: (captured by forward hooks, see kdlab.taps). Instances set these from their config.
+    student_taps: tuple[str, ...] = ()
+    teacher_taps: tuple[str, ...] = ()
 
     def __init__(self, weight: float = 1.0, name: str | None = None) -> None:
         super().__init__()
@@ -87,6 +91,15 @@ class Objective(nn.Module):
     @property
     def needs_teacher(self) -> bool:
         return any(t.needs_teacher and t.weight > 0 for t in self.terms)
+
+    @property
+    def student_taps(self) -> tuple[str, ...]:
+        """Every student module path some active term reads (in first-use order)."""
+        return tuple(dict.fromkeys(p for t in self.terms if t.weight > 0 for p in t.student_taps))
+
+    @property
+    def teacher_taps(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(p for t in self.terms if t.weight > 0 for p in t.teacher_taps))
 
     def forward(
         self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch

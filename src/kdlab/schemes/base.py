@@ -10,13 +10,14 @@ epochs, checkpoints or progress bars.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from kdlab.data.base import ArrayDataset
 from kdlab.losses.base import LossOutput
+from kdlab.taps import capture
 from kdlab.types import Batch, ModelOutput, as_output
 
 #: update(optimizer_name, loss) — zero_grad, backward, clip, step, with the non-finite guard.
@@ -55,8 +56,16 @@ class Scheme:
             module.eval()  # a teacher never trains: its BatchNorm statistics must not drift
 
     @staticmethod
-    def forward(model: nn.Module, inputs: Tensor) -> ModelOutput:
-        return as_output(model(inputs))
+    def forward(
+        model: nn.Module, inputs: Tensor, taps: Sequence[str] = (), role: str = "model"
+    ) -> ModelOutput:
+        """Run ``model`` and capture the outputs of the modules at ``taps`` (by path)."""
+        if not taps:
+            return as_output(model(inputs))
+        with capture(model, taps, role) as features:
+            out = as_output(model(inputs))
+        out.features.update(features)
+        return out
 
     @torch.no_grad()
     def predict(self, data: ArrayDataset, batch_size: int = 1024) -> Tensor:

@@ -12,6 +12,7 @@ from torch import nn
 from kdlab.errors import ConfigError
 from kdlab.losses.base import Objective
 from kdlab.schemes.base import Scheme, Update, batch_accuracy
+from kdlab.taps import resolve_modules
 from kdlab.types import Batch
 
 
@@ -28,7 +29,9 @@ class OfflineScheme(Scheme):
         self.student = student
         self.objective = objective
         self.teacher = teacher
+        resolve_modules(student, objective.student_taps, "student")  # fail before training
         if teacher is not None:
+            resolve_modules(teacher, objective.teacher_taps, "teacher")
             teacher.requires_grad_(False)
 
     def trainable(self) -> dict[str, nn.Module]:
@@ -46,9 +49,10 @@ class OfflineScheme(Scheme):
 
     def train_step(self, batch: Batch, update: Update) -> dict[str, float]:
         teacher_out = None
-        if self.teacher is not None and self.objective.needs_teacher:
+        obj = self.objective
+        if self.teacher is not None and obj.needs_teacher:
             with torch.no_grad():
-                teacher_out = self.forward(self.teacher, batch.inputs)
-        student_out = self.forward(self.student, batch.inputs)
+                teacher_out = self.forward(self.teacher, batch.inputs, obj.teacher_taps, "teacher")
+        student_out = self.forward(self.student, batch.inputs, obj.student_taps, "student")
         update("student", self.objective(student_out, teacher_out, batch))
         return {"acc": batch_accuracy(student_out.logits, batch.targets)}
