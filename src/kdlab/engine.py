@@ -28,6 +28,7 @@ from kdlab.metrics import accuracy, nll
 from kdlab.progress import TrainingProgress
 from kdlab.schemes.base import Scheme
 from kdlab.settings import OptimizerSettings, ScheduleSettings, TrainSettings
+from kdlab.types import Batch
 
 EpochCallback = Callable[[dict[str, float]], None]
 
@@ -127,6 +128,7 @@ class Engine:
         self, scheme: Scheme, train: ArrayDataset, val: ArrayDataset | None, resume: bool
     ) -> list[dict[str, float]]:
         s = self.settings
+        scheme.prepare(Batch(train.x[:2], train.y[:2], torch.arange(min(2, len(train)))))
         groups = scheme.optimizer_groups()
         unknown = set(s.optimizers) - set(groups)
         if unknown:

@@ -39,6 +39,13 @@ class Scheme:
         """Parameters of each optimizer, by optimizer name (the first is the main one)."""
         raise NotImplementedError
 
+    def prepare(self, sample: Batch) -> None:
+        """Called once by the engine before it builds optimizers, with a few training samples.
+
+        Schemes whose loss terms own shape-dependent parameters (e.g. an adapter from student
+        to teacher features) create them here, so the optimizers see them.
+        """
+
     def train_step(self, batch: Batch, update: Update) -> dict[str, float]:
         """Compute losses for one batch and call ``update`` for each; return batch metrics."""
         raise NotImplementedError
