@@ -44,8 +44,14 @@ def command(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except KdlabError as err:
-            _fail(str(err))
+        except (KdlabError, ValueError) as err:
+            if os.environ.get("KDLAB_DEBUG"):
+                raise
+            _fail(
+                f"{err}  (set KDLAB_DEBUG=1 for a traceback)"
+                if not isinstance(err, KdlabError)
+                else str(err)
+            )
 
     return app.command()(wrapper)
 
@@ -157,6 +163,33 @@ def runs(
             phi,
         )
     console.print(table)
+
+
+@command
+def summary(
+    experiment: Annotated[str, typer.Argument(help="Experiment name (see `kdlab runs`).")],
+    store: StoreOpt = None,
+    markdown: Annotated[bool, typer.Option(help="Print a Markdown table.")] = False,
+) -> None:
+    """Aggregate an experiment's finished runs by role over seeds (mean ± std), with KD gain."""
+    from kdlab.report import RunRow, gain, markdown_table, rich_table, summarize
+
+    with _store(store) as run_store:
+        records = run_store.list_runs(experiment=experiment, status="finished")
+    if not records:
+        known = ", ".join(_store(store).experiments()) or "none yet"
+        _fail(f"no finished runs of experiment {experiment!r}; experiments: {known}")
+    rows = [RunRow(r.role, r.seed or 0, r.metrics) for r in reversed(records)]
+    table = summarize(rows)
+    if markdown:
+        typer.echo(markdown_table(table))
+    else:
+        console.print(rich_table(table, title=f"{experiment} — mean ± std over seeds"))
+    g = gain(rows, "student", "distilled")
+    if g.n:
+        console.print(
+            f"KD gain in test accuracy: {100 * g.mean:+.2f} points, paired over {g.n} seeds"
+        )
 
 
 @command
