@@ -99,13 +99,13 @@ def run(
     progress: ProgressOpt = True,
 ) -> None:
     """Run an experiment: per seed, teacher, student alone and distilled student."""
-    from kdlab.config import load_config
+    from kdlab.config import load_config, parse_config
     from kdlab.experiment import run_experiment
     from kdlab.report import RunRow, gain, rich_table, summarize
 
     cfg = load_config(config)
     if seeds:
-        cfg.seeds = _seeds(seeds)  # type: ignore[assignment]
+        cfg = parse_config({**cfg.model_dump(mode="json"), "seeds": _seeds(seeds)}, str(config))
     with _store(store) as run_store:
         result = run_experiment(cfg, run_store, progress=progress)
         rows = [RunRow(r.role, r.seed, r.metrics) for r in result.runs]
@@ -142,7 +142,8 @@ def runs(
         console.print("No runs in this store yet: try `kdlab quickstart`.")
         return
     table = Table()
-    for col in ("id", "experiment", "role", "seed", "status", "test acc %", "agree %", "Φ_γ"):
+    table.add_column("id", no_wrap=True, min_width=22)  # ids must stay copy-pastable
+    for col in ("experiment", "role", "seed", "status", "test acc %", "agree %", "Φ_γ"):
         table.add_column(col)
     for r in records:
         m = r.metrics

@@ -145,6 +145,7 @@ class Engine:
         }
         self.history, start, self._best, self._scheme = [], 0, None, scheme
         self._saved_at = time.monotonic()
+        self._good_checkpoint = False
         if resume and self.checkpoint_path and self.checkpoint_path.exists():
             start = self._restore(scheme, ckpt.load_checkpoint(self.checkpoint_path))
         batcher = TensorBatcher(train, s.batch_size, shuffle=True, seed=self.seed)
@@ -218,8 +219,16 @@ class Engine:
 
     def _non_finite(self, name: str, loss: LossOutput, epoch: int, step: int, what: str) -> None:
         terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in loss.terms.items())
-        kept = "no checkpoint was configured, so the in-memory weights are the last updated ones"
-        if self.checkpoint_path and self.checkpoint_path.exists():
+        if self.checkpoint_path is None:
+            kept = (
+                "no checkpoint was configured, so the in-memory weights are the last updated ones"
+            )
+        else:
+            kept = (
+                f"no checkpoint had been written to {self.checkpoint_path} yet, so the "
+                "in-memory weights are the last updated ones"
+            )
+        if self._good_checkpoint:  # written or resumed by this run, never a stale file
             good = ckpt.load_checkpoint(self.checkpoint_path)
             for key, module in self._scheme.trainable().items():
                 module.load_state_dict(good["models"][key])
@@ -257,6 +266,7 @@ class Engine:
 
     def _save(self, scheme: Scheme, epoch: int) -> None:
         self._saved_at = time.monotonic()
+        self._good_checkpoint = True
         ckpt.save_atomic(
             {
                 "format": ckpt.FORMAT,
@@ -288,6 +298,7 @@ class Engine:
         for key, sched in self.schedulers.items():
             sched.load_state_dict(state["schedulers"][key])
         self.history, self._best = list(state["history"]), state["best"]
+        self._good_checkpoint = True
         _set_rng_state(state["rng"])
         return int(state["epoch"])
 

@@ -41,7 +41,10 @@ class OptimizerSettings(Strict):
 
 
 class ScheduleSettings(Strict):
-    """Learning-rate schedule, stepped once per epoch, after an optional linear warm-up."""
+    """Learning-rate schedule, stepped once per epoch, after an optional linear warm-up.
+
+    ``step_size`` and ``milestones`` count epochs from the end of the warm-up.
+    """
 
     name: Literal["constant", "cosine", "step", "multistep"] = "constant"
     step_size: PositiveInt = 30
