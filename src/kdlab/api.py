@@ -133,7 +133,7 @@ def fit_model(
         checkpoint_path=run_dir / "checkpoint.pt" if run_dir else None,
     )
     try:
-        history = engine.fit(scheme, train_set or data.train, data.val)
+        history = engine.fit(scheme, data.train if train_set is None else train_set, data.val)
         metrics = evaluate(model, data.test, teacher, gamma=gamma, ece_bins=ece_bins)
         if store is not None and run_id is not None and run_dir is not None:
             weights = ckpt.save_atomic(
