@@ -484,8 +484,9 @@ def test_unknown_loss_type_lists_valid_and_suggests():
     msg = str(info.value)
     assert "unknown loss 'soft_targt'" in msg
     assert "did you mean soft_target" in msg
-    assert "valid losses: ce, logit_mse, soft_ce, soft_target" in msg
-    with pytest.raises(ConfigError, match="valid losses: ce, logit_mse, soft_ce, soft_target"):
+    listed = msg.split("valid losses: ")[1].split(", ")
+    assert {"ce", "logit_mse", "soft_ce", "soft_target"} <= set(listed)
+    with pytest.raises(ConfigError, match="valid losses: .*soft_target"):
         build_term({"temperature": 4})  # no type at all
 
 
