@@ -1,7 +1,7 @@
 """Engine overhead benchmark: kdlab's offline-KD epoch vs a hand-written PyTorch loop.
 
-    python benchmarks/bench_engine.py                # Fashion-MNIST, 784-1200-1200-10 → 784-800-800-10
-    python benchmarks/bench_engine.py --quick        # 10k training images, for a fast look
+    python benchmarks/bench_engine.py           # Fashion-MNIST, 784-1200-1200-10 → 784-800-800-10
+    python benchmarks/bench_engine.py --quick   # 10k training images, for a fast look
 
 Measures, in one process and interleaved (this machine is shared and noisy, so only ratios
 measured in the same run are meaningful):
@@ -93,8 +93,8 @@ def main() -> None:
     for rep in range(args.repeats + 1):  # the first round warms up allocators and caches
         for name in students:
             if name == "hand_kd":
-                seconds = timed(lambda: handwritten_epoch(
-                    students["hand_kd"], teacher, train, args.batch_size, hand_opt, rep))
+                seconds = timed(lambda r=rep: handwritten_epoch(
+                    students["hand_kd"], teacher, train, args.batch_size, hand_opt, r))
             else:
                 engine = Engine(settings, seed=rep, progress=False)
                 seconds = timed(lambda e=engine, n=name: e.fit(schemes[n], train))
@@ -126,7 +126,8 @@ def main() -> None:
               "kdlab_alone": "kdlab student alone (CE)"}
     for key, label in labels.items():
         print(f"{label:<32}{med[key]:>10.2f}{len(train) / med[key]:>12.0f}")
-    print(f"{'kdlab KD / hand-written KD':<32}{result['ratio_kdlab_kd_over_handwritten_kd']:>10.3f}")
+    ratio = result["ratio_kdlab_kd_over_handwritten_kd"]
+    print(f"{'kdlab KD / hand-written KD':<32}{ratio:>10.3f}")
     print(f"{'KD / student alone':<32}{result['ratio_kd_over_student_alone']:>10.3f}")
 
 

@@ -486,7 +486,7 @@ def test_unknown_loss_type_lists_valid_and_suggests():
     assert "did you mean soft_target" in msg
     listed = msg.split("valid losses: ")[1].split(", ")
     assert {"ce", "logit_mse", "soft_ce", "soft_target"} <= set(listed)
-    with pytest.raises(ConfigError, match="valid losses: .*soft_target"):
+    with pytest.raises(ConfigError, match=r"valid losses: .*soft_target"):
         build_term({"temperature": 4})  # no type at all
 
 

@@ -19,11 +19,11 @@ from torch import nn
 
 from kdlab import checkpoint as ckpt
 from kdlab.data.base import ArrayDataset, DataSplits
-from kdlab.engine import Engine
+from kdlab.engine import Engine, EpochCallback
 from kdlab.errors import ConfigError
 from kdlab.losses import CrossEntropy, Objective, Term, build_objective, hinton_loss
 from kdlab.metrics import classification_metrics
-from kdlab.schemes import OfflineScheme, predict_logits
+from kdlab.schemes import OfflineScheme, Scheme, predict_logits
 from kdlab.settings import TrainSettings
 from kdlab.store import RunStore
 
@@ -95,20 +95,31 @@ def fit_model(
     progress: bool = True,
     gamma: float = 1.0,
     ece_bins: int = 15,
+    scheme: Scheme | None = None,
+    callbacks: Sequence[EpochCallback] = (),
 ) -> RunResult:
     """Train ``model`` on ``data.train`` (or ``train_set``) with ``loss``; evaluate on test.
 
     With a ``teacher`` this is offline distillation and the test metrics include agreement with
     the teacher, KL(teacher‖student) and the distillation error Φ_γ. With a ``store`` the run,
-    its history, metrics, checkpoint and final weights are recorded there.
+    its history, metrics, checkpoint and final weights are recorded there. A prebuilt ``scheme``
+    (e.g. adversarial) replaces the offline scheme; its ``eval_model()`` must be ``model``.
+    ``callbacks`` run after each epoch's row (e.g. to snapshot weights at an early epoch).
     """
     settings = settings or TrainSettings()
     objective = _objective(loss, [CrossEntropy()])
     check_num_classes(model, data, role)
     if teacher is not None:
         check_num_classes(teacher, data, "teacher")
-    scheme = OfflineScheme(model, objective, teacher)
-    run_id, run_dir, callbacks = None, None, []
+    if scheme is None:
+        scheme = OfflineScheme(model, objective, teacher)
+    elif scheme.eval_model() is not model:
+        raise ConfigError(
+            "fit_model(model, scheme=...): model must be the scheme's eval_model(), the module "
+            "that is trained, evaluated and saved"
+        )
+    run_id, run_dir = None, None
+    epoch_callbacks: list[EpochCallback] = []  # the store's logger runs first
     if store is not None:
         run_config = {
             "settings": settings.model_dump(mode="json"),
@@ -119,7 +130,7 @@ def fit_model(
             experiment=experiment, name=name or role, role=role, seed=seed, config=run_config
         )
         run_dir = store.run_dir(run_id)
-        callbacks.append(
+        epoch_callbacks.append(
             lambda row: store.log_epoch(
                 run_id, int(row["epoch"]), {k: v for k, v in row.items() if k != "epoch"}
             )
@@ -128,7 +139,7 @@ def fit_model(
         settings,
         seed=seed,
         progress=progress,
-        callbacks=callbacks,
+        callbacks=[*epoch_callbacks, *callbacks],
         description=name or role,
         checkpoint_path=run_dir / "checkpoint.pt" if run_dir else None,
     )
@@ -136,25 +147,86 @@ def fit_model(
         history = engine.fit(scheme, data.train if train_set is None else train_set, data.val)
         metrics = evaluate(model, data.test, teacher, gamma=gamma, ece_bins=ece_bins)
         if store is not None and run_id is not None and run_dir is not None:
-            weights = ckpt.save_atomic(
-                {
-                    "format": ckpt.FORMAT,
-                    "version": ckpt.VERSION,
-                    "epoch": settings.epochs,
-                    "models": {"model": model.state_dict()},
-                },
-                run_dir / "model.pt",
-            )
-            store.finish_run(
-                run_id,
-                metrics,
-                {"model": str(weights), "checkpoint": str(run_dir / "checkpoint.pt")},
-            )
+            _save_and_finish(store, run_id, model, metrics, settings.epochs, checkpoint=True)
     except BaseException as err:
         if store is not None and run_id is not None:
             store.fail_run(run_id, "".join(traceback.format_exception_only(err)).strip())
         raise
     return RunResult(model, metrics, history, run_id, role, seed)
+
+
+def _save_and_finish(
+    store: RunStore,
+    run_id: str,
+    model: nn.Module,
+    metrics: dict[str, float],
+    epochs: int,
+    checkpoint: bool,
+) -> None:
+    """Save the final weights as the run's ``model.pt`` and mark the run finished."""
+    run_dir = store.run_dir(run_id)
+    weights = ckpt.save_atomic(
+        {
+            "format": ckpt.FORMAT,
+            "version": ckpt.VERSION,
+            "epoch": epochs,
+            "models": {"model": model.state_dict()},
+        },
+        run_dir / "model.pt",
+    )
+    artefacts = {"model": str(weights)}
+    if checkpoint:
+        artefacts["checkpoint"] = str(run_dir / "checkpoint.pt")
+    store.finish_run(run_id, metrics, artefacts)
+
+
+def record_model(
+    model: nn.Module,
+    data: DataSplits,
+    history: Sequence[Mapping[str, float]] = (),
+    *,
+    teacher: nn.Module | None = None,
+    seed: int = 0,
+    store: RunStore | None = None,
+    experiment: str = "adhoc",
+    role: str = "model",
+    name: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    gamma: float = 1.0,
+    ece_bins: int = 15,
+    weights_file: str | None = None,
+) -> RunResult:
+    """Evaluate an already-trained model on test and record it as a finished run.
+
+    For models a scheme trains jointly with others (mutual-learning peers), for snapshots
+    (an early-stopped teacher) and for combinations of trained models (ensembles): ``history``
+    is stored as the run's per-epoch rows, the weights as its ``model.pt`` — or, for a model
+    loaded from ``weights_file``, that file is recorded as the run's model and nothing is written.
+    """
+    metrics = evaluate(model, data.test, teacher, gamma=gamma, ece_bins=ece_bins)
+    rows = [dict(row) for row in history]
+    run_id = None
+    if store is not None:
+        run_id = store.create_run(
+            experiment=experiment,
+            name=name or role,
+            role=role,
+            seed=seed,
+            config=dict(config or {}),
+        )
+        try:
+            for row in rows:
+                store.log_epoch(
+                    run_id, int(row["epoch"]), {k: v for k, v in row.items() if k != "epoch"}
+                )
+            if weights_file is None:
+                _save_and_finish(store, run_id, model, metrics, len(rows), checkpoint=False)
+            else:
+                store.finish_run(run_id, metrics, {"model": weights_file})
+        except BaseException as err:
+            store.fail_run(run_id, "".join(traceback.format_exception_only(err)).strip())
+            raise
+    return RunResult(model, metrics, rows, run_id, role, seed)
 
 
 @torch.no_grad()

@@ -96,6 +96,9 @@ def run(
     config: Annotated[Path, typer.Argument(help="Experiment YAML file.")],
     store: StoreOpt = None,
     seeds: Annotated[str | None, typer.Option(help="Override the config's seeds: 0,1,2")] = None,
+    data_root: Annotated[
+        Path | None, typer.Option(help="Folder with the dataset files (overrides data.root).")
+    ] = None,
     progress: ProgressOpt = True,
 ) -> None:
     """Run an experiment: per seed, teacher, student alone and distilled student."""
@@ -104,8 +107,13 @@ def run(
     from kdlab.report import RunRow, gain, rich_table, summarize
 
     cfg = load_config(config)
-    if seeds:
-        cfg = parse_config({**cfg.model_dump(mode="json"), "seeds": _seeds(seeds)}, str(config))
+    if seeds or data_root:
+        data = cfg.model_dump(mode="json")
+        if seeds:
+            data["seeds"] = _seeds(seeds)
+        if data_root:
+            data["data"]["root"] = str(data_root)
+        cfg = parse_config(data, str(config))
     with _store(store) as run_store:
         result = run_experiment(cfg, run_store, progress=progress)
         rows = [RunRow(r.role, r.seed, r.metrics) for r in result.runs]

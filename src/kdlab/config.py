@@ -27,6 +27,7 @@ from kdlab.losses import build_term
 from kdlab.models import resolve_model_class
 from kdlab.runners import get_runner
 from kdlab.settings import Strict, TrainSettings
+from kdlab.stages import StageConfig
 
 DATA_DERIVED = {"in_features", "in_channels", "input_shape", "num_classes"}
 
@@ -79,9 +80,76 @@ class TeacherConfig(Strict):
     checkpoint: str | None = None
     train: TrainSettings = Field(default_factory=TrainSettings)
     loss: list[dict[str, Any]] = Field(default_factory=lambda: [{"type": "ce"}])
+    #: A teacher made of several models, averaged in probability space (EnsembleTeacher): a
+    #: number of members of ``model`` (initial weights from seed, seed + 1000, …) or one model
+    #: spec per member. Each member is trained with ``train`` and ``loss``.
+    ensemble: PositiveInt | list[dict[str, Any]] | None = None
+    #: Load the ensemble's members from these files instead of training them (architecture:
+    #: ``model``, or the ``ensemble`` spec at the same position).
+    checkpoints: list[str] | None = None
+    #: Temperature at which the members' distributions are averaged: with the distillation's
+    #: soft-target temperature, the student sees exactly the mean of the tempered members.
+    ensemble_temperature: PositiveFloat = 1.0
+    #: Early-stopped teacher (Cho & Hariharan 2019): train for ``train.epochs`` but teach with
+    #: the weights after this epoch.
+    use_epoch: PositiveInt | None = None
 
     _model = field_validator("model")(classmethod(lambda cls, v: check_model_spec(v)))
     _loss = field_validator("loss")(classmethod(lambda cls, v: check_loss_specs(v)))
+
+    @field_validator("ensemble")
+    @classmethod
+    def _members(cls, value: int | list[dict[str, Any]] | None) -> Any:
+        if value is None:
+            return None
+        size = value if isinstance(value, int) else len(value)
+        if size < 2:
+            raise ValueError(
+                f"an ensemble needs at least 2 members, got {size}; drop `ensemble` for a "
+                "single teacher"
+            )
+        if isinstance(value, int):
+            return value
+        classes = {spec["num_classes"] for spec in value if "num_classes" in spec}
+        if len(classes) > 1:
+            raise ValueError(
+                f"ensemble members predict different numbers of classes ({sorted(classes)}); "
+                "members are averaged over the same classes: drop num_classes (the data sets it)"
+            )
+        return [check_model_spec(v) for v in value]
+
+    @model_validator(mode="after")
+    def _sources(self) -> TeacherConfig:
+        paths, members = self.checkpoints, self.ensemble
+        size = members if isinstance(members, int) else len(members or [])
+        if paths is not None and self.checkpoint is not None:
+            raise ValueError("give checkpoint (one teacher) or checkpoints (an ensemble), not both")
+        if paths is not None and (len(paths) < 2 or (members is not None and size != len(paths))):
+            raise ValueError(
+                f"checkpoints lists {len(paths)} file(s), but an ensemble needs at least 2 "
+                f"and one file per member (ensemble: {members}); make them agree"
+            )
+        if self.ensemble_temperature != 1.0 and members is None and paths is None:
+            raise ValueError("ensemble_temperature applies to an ensemble teacher; set "
+                             "ensemble (or checkpoints), or remove it")  # fmt: skip
+        if self.use_epoch is not None:
+            if self.checkpoint is not None or paths is not None:
+                raise ValueError(
+                    "use_epoch picks the weights of an epoch of a teacher trained here; a loaded "
+                    "teacher has no epochs: point checkpoint at the earlier weights instead"
+                )
+            if self.use_epoch > self.train.epochs:
+                raise ValueError(
+                    f"use_epoch is {self.use_epoch} but the teacher trains for only "
+                    f"{self.train.epochs} epochs (train.epochs); use an epoch ≤ {self.train.epochs}"
+                )
+        return self
+
+    def member_count(self) -> int:
+        """How many models make up the teacher (1 unless it is an ensemble)."""
+        if isinstance(self.ensemble, int):
+            return self.ensemble
+        return len(self.ensemble or self.checkpoints or [None])
 
 
 class StudentConfig(Strict):
@@ -100,7 +168,8 @@ class DistillConfig(Strict):
     scheme: str = "offline"
     #: Scheme-specific settings, validated by the scheme's own options model.
     options: dict[str, Any] = Field(default_factory=dict)
-    loss: list[dict[str, Any]] = Field(
+    #: The loss terms; null when ``stages`` is given (each stage has its own loss).
+    loss: list[dict[str, Any]] | None = Field(
         default_factory=lambda: [
             {"type": "ce", "weight": 0.1},
             {"type": "soft_target", "weight": 0.9, "temperature": 4.0, "name": "kd"},
@@ -108,12 +177,51 @@ class DistillConfig(Strict):
     )
     #: Training settings of the distillation run; the student's own settings when unset.
     train: TrainSettings | None = None
+    #: Multi-stage training instead of ``loss`` (kdlab.stages): each stage its own loss terms,
+    #: train overrides and trainable module paths, e.g. FitNets' hint stage then KD.
+    stages: list[StageConfig] | None = Field(None, min_length=1)
 
-    _loss = field_validator("loss")(classmethod(lambda cls, v: check_loss_specs(v)))
+    _loss = field_validator("loss")(
+        classmethod(lambda cls, v: v if v is None else check_loss_specs(v))
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _loss_or_stages(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if data.get("stages") is not None:
+            if data.get("loss") is not None:
+                raise ValueError(
+                    "distill.loss and distill.stages are mutually exclusive: with stages, each "
+                    "stage has its own loss; move the terms into a stage (or drop stages)"
+                )
+            return {**data, "loss": None}
+        if "loss" in data and data["loss"] is None:
+            raise ValueError("distill.loss is null: give loss terms, e.g. [{type: ce}], or stages")
+        return data
+
+    @field_validator("scheme")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        get_runner(value)  # raises with the valid schemes
+        return value
 
     @model_validator(mode="after")
     def _scheme_options(self) -> DistillConfig:
-        self.parsed_options()  # validates; the dump keeps what the user wrote
+        try:
+            self.parsed_options()  # validates; the dump keeps what the user wrote
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(['options', *map(str, e['loc'])])}: {_error_text(e)}"
+                for e in err.errors()
+            )
+            raise ValueError(f"scheme {self.scheme!r}: {problems}") from None
+        if self.stages is not None and self.scheme != "offline":
+            raise ValueError(
+                f"distill.stages is implemented by scheme 'offline' only, not {self.scheme!r}; "
+                "use scheme: offline or a single distill.loss"
+            )
         return self
 
     def parsed_options(self) -> BaseModel:
@@ -143,6 +251,13 @@ class ExperimentConfig(Strict):
                 f"scheme {self.distill.scheme!r} distills a pre-trained teacher, but teacher is "
                 "null; describe the teacher (model and train, or checkpoint)"
             )
+        # Options can ask for the teacher too (mutual peers: [teacher], born_again gen0: teacher)
+        # by a ``uses_teacher`` property: fail here, not after the baseline has trained.
+        if self.teacher is None and getattr(self.distill.parsed_options(), "uses_teacher", False):
+            raise ValueError(
+                f"distill.options of scheme {self.distill.scheme!r} use the teacher, but teacher "
+                "is null; describe the teacher, or change the options"
+            )
         return self
 
     @field_validator("seeds")
@@ -153,14 +268,17 @@ class ExperimentConfig(Strict):
         return seeds
 
 
+def _error_text(error: Any) -> str:
+    if error["type"] == "missing":
+        return "required key is missing"
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
 def format_validation_error(err: ValidationError, source: str = "config") -> str:
     lines = [f"{source} is invalid:"]
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "missing":
-            msg = "required key is missing"
-        lines.append(f"  - at {where}: {msg}")
+        lines.append(f"  - at {where}: {_error_text(e)}")
     return "\n".join(lines)
 
 

@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from kdlab import checkpoint as ckpt
-from kdlab.api import RunResult, check_num_classes, evaluate, fit_model
+from kdlab.api import RunResult, check_num_classes, fit_model
 from kdlab.config import ExperimentConfig
 from kdlab.data import DataSplits, load_dataset, split_indices
 from kdlab.data.base import ArrayDataset
@@ -21,6 +20,7 @@ from kdlab.errors import ConfigError
 from kdlab.models import build_model
 from kdlab.runners import DistillContext, get_runner
 from kdlab.store import RunStore
+from kdlab.teachers import build_teacher
 
 
 @dataclass
@@ -81,7 +81,7 @@ def run_experiment(
         if teacher is not None:
             check_num_classes(teacher, data, "teacher")
         elif cfg.teacher is not None:
-            teacher = _teacher(cfg, data, seed, config_json, common, record)
+            teacher = build_teacher(cfg, data, seed, config_json, common, record)
         if teacher is not None:
             teacher.eval()
             result.teachers[seed] = teacher
@@ -101,60 +101,12 @@ def run_experiment(
         ctx = DistillContext(
             data=data, seed=seed, teacher=teacher, train_set=train_set, loss=cfg.distill.loss,
             train=cfg.distill.train or cfg.student.train, options=cfg.distill.parsed_options(),
-            new_student=new_student, fit_kwargs=common, config=student_cfg,
+            new_student=new_student, student_model=dict(cfg.student.model),
+            stages=cfg.distill.stages, fit_kwargs=common, config=student_cfg,
         )  # fmt: skip
         for run in runner.run(ctx):
             record(run)
     return result
-
-
-def _teacher(
-    cfg: ExperimentConfig,
-    data: DataSplits,
-    seed: int,
-    config_json: dict,
-    common: dict,
-    record: Callable[[RunResult], None],
-) -> nn.Module:
-    assert cfg.teacher is not None
-    seed_everything(seed)
-    teacher = build_model(cfg.teacher.model, data.input_shape, data.num_classes)
-    if cfg.teacher.checkpoint is None:
-        run = fit_model(
-            teacher,
-            data,
-            cfg.teacher.loss,
-            cfg.teacher.train,
-            seed=seed,
-            role="teacher",
-            name=f"teacher s{seed}",
-            config={"experiment": config_json},
-            **common,
-        )
-        record(run)
-        return run.model
-    try:
-        teacher.load_state_dict(ckpt.load_state_dict(cfg.teacher.checkpoint))
-    except RuntimeError as err:  # missing/unexpected keys or shape mismatch
-        raise ConfigError(
-            f"teacher.checkpoint {cfg.teacher.checkpoint} does not fit teacher.model "
-            f"{cfg.teacher.model}: {err}"
-        ) from err
-    check_num_classes(teacher, data, "teacher")
-    metrics = evaluate(teacher, data.test, gamma=cfg.metrics.gamma, ece_bins=cfg.metrics.ece_bins)
-    store: RunStore | None = common["store"]
-    run_id = None
-    if store is not None:
-        run_id = store.create_run(
-            experiment=cfg.name,
-            name=f"teacher s{seed} (loaded)",
-            role="teacher",
-            seed=seed,
-            config={"experiment": config_json, "checkpoint": cfg.teacher.checkpoint},
-        )
-        store.finish_run(run_id, metrics, {"model": cfg.teacher.checkpoint})
-    record(RunResult(teacher, metrics, [], run_id, "teacher", seed))
-    return teacher
 
 
 __all__ = ["ExperimentResult", "run_experiment", "student_train_set"]

@@ -44,14 +44,19 @@ def capture(
     """Within the block, every forward pass of ``model`` stores the named modules' outputs.
 
     Yields a dict filled as the forward pass runs (path → output; a tuple output keeps its
-    first element). The hooks are removed on exit, also when the forward pass raises.
+    first element; a module called twice in one pass keeps its last output). The hooks are
+    removed on exit, also when the forward pass raises.
     """
     features: dict[str, Tensor] = {}
     handles = []
 
     def hook_for(path: str) -> Callable[[nn.Module, object, object], None]:
         def hook(module: nn.Module, args: object, output: object) -> None:
-            features[path] = output[0] if isinstance(output, (tuple, list)) else output
+            value = output[0] if isinstance(output, (tuple, list)) else output
+            # Copy: a later in-place op (e.g. ReLU(inplace=True) after a tapped BatchNorm, as in
+            # torchvision's ResNets) would otherwise overwrite the captured values silently.
+            # clone() is differentiable, so gradients still reach the student.
+            features[path] = value.clone() if isinstance(value, Tensor) else value
 
         return hook
 

@@ -9,6 +9,7 @@ model, so each scheme documents and checks its settings in one place.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,10 @@ class DistillContext:
     train: TrainSettings
     options: BaseModel
     new_student: Callable[[], nn.Module]  # same initial weights as the baseline student
+    #: The student's model spec, for schemes that build more models of its architecture.
+    student_model: dict[str, Any] = field(default_factory=dict)
+    #: ``distill.stages`` (kdlab.stages.StageConfig list) when the experiment trains in stages.
+    stages: list[Any] | None = None
     #: store, experiment, progress, gamma, ece_bins — pass on to fit_model as **fit_kwargs.
     fit_kwargs: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)  # recorded with each run
@@ -61,10 +66,19 @@ def register_runner(runner: Runner) -> Runner:
 
 def get_runner(name: str) -> Runner:
     if name not in RUNNERS:
-        raise ValueError(f"unknown scheme {name!r}; valid schemes: {', '.join(RUNNERS)}")
+        close = difflib.get_close_matches(name, RUNNERS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown scheme {name!r}{hint}; valid schemes: {', '.join(RUNNERS)}")
     return RUNNERS[name]
 
 
+# Registration order is the order error messages list the schemes in: offline first.
+# isort: off
 from kdlab.runners import offline as _offline  # noqa: E402,F401  (registers the built-ins)
+from kdlab.runners import adversarial as _adversarial  # noqa: E402,F401
+from kdlab.runners import assistant as _assistant  # noqa: E402,F401
+from kdlab.runners import born_again as _born_again  # noqa: E402,F401
+from kdlab.runners import mutual as _mutual  # noqa: E402,F401
+# isort: on
 
 __all__ = ["RUNNERS", "DistillContext", "NoOptions", "Runner", "get_runner", "register_runner"]

@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from kdlab.errors import ConfigError
+from kdlab.freeze import hold_frozen_in_eval
 from kdlab.losses.base import Objective
+from kdlab.losses.tapped import prepare_terms
 from kdlab.schemes.base import Scheme, Update, batch_accuracy
 from kdlab.taps import resolve_modules
 from kdlab.types import Batch
@@ -39,6 +41,15 @@ class OfflineScheme(Scheme):
 
     def frozen(self) -> dict[str, nn.Module]:
         return {"teacher": self.teacher} if self.teacher is not None else {}
+
+    def prepare(self, sample: Batch) -> None:
+        # Terms with shape-dependent adapters build them now, so the optimizer includes them.
+        prepare_terms(self.objective, self.student, self.teacher, sample.inputs)
+
+    def set_mode(self, training: bool) -> None:
+        super().set_mode(training)
+        if training:  # parts of the student frozen by requires_grad (e.g. a stage) stay fixed
+            hold_frozen_in_eval(self.student)
 
     def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
         params = [*self.student.parameters(), *self.objective.parameters()]

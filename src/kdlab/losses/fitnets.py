@@ -1,0 +1,54 @@
+"""FitNets hints (Romero et al. 2015; seed 004): ½‖u_T(x) − r(v_S(x))‖².
+
+u_T is the teacher's *hint* layer, v_S the student's *guided* layer and r the regressor — here
+the term's adapter (a 1×1 convolution for maps, a linear layer for vectors; FitNets used a
+convolution). In the paper, stage 1 trains the student up to its guided layer on this loss alone
+and stage 2 runs soft-target KD on the whole student: use ``distill.stages`` (kdlab.stages) with
+``trainable`` listing the guided part in stage 1.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from kdlab.errors import ConfigError
+from kdlab.losses.base import register_term
+from kdlab.losses.tapped import FeatureTerm, flat
+from kdlab.types import Batch, ModelOutput
+
+
+@register_term
+class Hint(FeatureTerm):
+    """½‖u_T − r(v_S)‖², reduced over the batch by ``reduction``.
+
+    - ``batchmean`` (default, the paper's objective): the per-sample squared norm, halved and
+      averaged over the batch — ½·(1/B)·Σ_b ‖u_b − r(v_b)‖². Its size grows with the hint's
+      number of elements, which matters only relative to other terms' weights.
+    - ``mean``: ½ · mean over every element (what RepDistiller/torchdistill's ``MSELoss`` give,
+      halved) = batchmean / elements-per-sample; handy when mixing with KD in one stage.
+    """
+
+    kind = "hint"
+    match = "all"
+
+    def __init__(
+        self,
+        student: str | None = None,
+        teacher: str | None = None,
+        weight: float = 1.0,
+        reduction: str = "batchmean",
+        adapter: str = "auto",
+        adapter_bn: bool = False,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(student, teacher, weight, adapter, adapter_bn, name)
+        if reduction not in ("batchmean", "mean"):
+            raise ConfigError(f"reduction must be 'batchmean' or 'mean', got {reduction!r}")
+        self.reduction = reduction
+
+    def forward(self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch) -> Tensor:
+        s, t = self.features(student, teacher)
+        squared = flat(t - s).pow(2)
+        if self.reduction == "mean":
+            return 0.5 * squared.mean()
+        return 0.5 * squared.sum(1).mean()

@@ -1,0 +1,204 @@
+"""Base of the terms that read intermediate features (taps) instead of, or besides, logits.
+
+A :class:`FeatureTerm` names one student module and one teacher module by path (as in
+``model.named_modules()``); the scheme captures their outputs with forward hooks during the
+normal forward pass (:mod:`kdlab.taps`) and the term reads them from ``ModelOutput.features``.
+It owns its adapter (:mod:`kdlab.losses.connectors`), built by :func:`prepare_terms` from one
+sample batch before the optimizers exist, so the adapter is trained with the student.
+
+Every subclass gets, for free: clear errors for missing/odd features, detached teacher
+features (gradients reach only the student and the adapter), half-precision upcast, and the
+batch-size check of losses that compare samples within a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from kdlab.errors import ConfigError
+from kdlab.losses.base import Objective, Term, at_least_float32
+from kdlab.losses.connectors import Connector, Match, build_connector, check_adapter, shapes_fit
+from kdlab.taps import capture
+from kdlab.types import ModelOutput, as_output
+
+
+class FeatureTerm(Term):
+    """A term comparing the student's feature at ``student`` with the teacher's at ``teacher``."""
+
+    #: Which axes of the adapted student feature must equal the teacher's (see connectors).
+    match: ClassVar[Match] = "all"
+    #: Per-sample ranks the loss understands (e.g. (3,) for [C, H, W] maps); empty: any.
+    ranks: ClassVar[tuple[int, ...]] = ()
+    #: Smallest batch the loss is defined for (relation losses compare samples: ≥ 2).
+    min_batch: ClassVar[int] = 1
+
+    def __init__(
+        self,
+        student: str | None = None,
+        teacher: str | None = None,
+        weight: float = 1.0,
+        adapter: str = "auto",
+        adapter_bn: bool = False,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(weight, name)
+        for role, path in (("student", student), ("teacher", teacher)):
+            if not isinstance(path, str) or not path:
+                raise ConfigError(
+                    f"loss {self.kind!r} needs the {role}'s module path as `{role}:` (a name from "
+                    f"model.named_modules()), e.g. {{type: {self.kind}, student: features.1, "
+                    f"teacher: features.1}}; got {path!r}"
+                )
+        self.student_taps = (str(student),)
+        self.teacher_taps = (str(teacher),)
+        self.adapter = check_adapter(adapter)
+        self.adapter_bn = bool(adapter_bn)
+        self.connector: Connector | None = None
+        self._built_for: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+
+    @property
+    def student_path(self) -> str:
+        return self.student_taps[0]
+
+    @property
+    def teacher_path(self) -> str:
+        return self.teacher_taps[0]
+
+    def _where(self) -> str:
+        return (
+            f"loss term {self.name!r} ({self.kind}, student {self.student_path!r} → teacher "
+            f"{self.teacher_path!r}): "
+        )
+
+    # -- adapter ---------------------------------------------------------------------------------
+
+    def prepare(self, student: ModelOutput, teacher: ModelOutput | None) -> None:
+        """Build the adapter from one batch of features (call before building optimizers)."""
+        s = self._read(student, self.student_path, "student")
+        t = self._read(self._teacher(teacher), self.teacher_path, "teacher")
+        self._build(s, t)
+
+    def _build(self, s: Tensor, t: Tensor) -> Connector:
+        s_shape, t_shape = tuple(s.shape[1:]), tuple(t.shape[1:])
+        if self.ranks and (len(s_shape) not in self.ranks or len(t_shape) not in self.ranks):
+            raise ConfigError(
+                f"{self._where()}this loss needs per-sample features of rank "
+                f"{' or '.join(map(str, self.ranks))} (e.g. [channels, height, width] maps), got "
+                f"student {s_shape} and teacher {t_shape}; tap convolutional blocks"
+            )
+        connector = build_connector(
+            self.adapter, s_shape, t_shape, self.match,
+            batch_norm=self.adapter_bn, where=self._where(),
+        )  # fmt: skip
+        self.connector = connector.to(device=s.device, dtype=s.dtype)
+        self._built_for = (s_shape, t_shape)
+        return self.connector
+
+    # -- reading features ------------------------------------------------------------------------
+
+    def _read(self, out: ModelOutput, path: str, role: str) -> Tensor:
+        if path not in out.features:
+            raise ConfigError(
+                f"{self._where()}the {role}'s output of module {path!r} was not captured: either "
+                f"the module did not run in the {role}'s forward pass (is it used in forward()?) "
+                "or the scheme did not tap it (schemes tap objective.student_taps/teacher_taps)"
+            )
+        value = out.features[path]
+        if not isinstance(value, Tensor) or value.dim() < 2:
+            what = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ConfigError(
+                f"{self._where()}the {role}'s module {path!r} outputs {what}; feature losses need "
+                "a tensor [batch, ...]: tap a module that returns one"
+            )
+        return at_least_float32(value)
+
+    def features(self, student: ModelOutput, teacher: ModelOutput | None) -> tuple[Tensor, Tensor]:
+        """(adapted student feature, detached teacher feature), shape-checked."""
+        s = self._read(student, self.student_path, "student")
+        t = self._read(self._teacher(teacher), self.teacher_path, "teacher").detach()
+        if s.shape[0] != t.shape[0]:
+            raise ConfigError(
+                f"{self._where()}student batch {s.shape[0]} and teacher batch {t.shape[0]} "
+                "differ; both models must see the same inputs"
+            )
+        if s.shape[0] < self.min_batch:
+            raise ConfigError(
+                f"{self._where()}this loss compares samples within a batch and needs at least "
+                f"{self.min_batch} per batch, got {s.shape[0]}; use batch_size ≥ "
+                f"{self.min_batch} and make sure the last batch of an epoch is not smaller "
+                f"(training-set size modulo batch_size must be 0 or ≥ {self.min_batch})"
+            )
+        shapes = (tuple(s.shape[1:]), tuple(t.shape[1:]))
+        connector = self.connector
+        if connector is None:
+            connector = self._build(s.detach(), t)
+            if any(True for _ in connector.parameters()):
+                self.connector = None
+                raise ConfigError(
+                    f"{self._where()}features {shapes[0]} and {shapes[1]} need a trainable "
+                    "adapter, which must exist before the optimizer is built: call "
+                    "kdlab.losses.tapped.prepare_terms (kdlab's schemes do it in prepare())"
+                )
+        elif shapes != self._built_for:
+            built_s, built_t = self._built_for or ((), ())
+            raise ConfigError(
+                f"{self._where()}the adapter was built for student {built_s} and teacher "
+                f"{built_t} features, but this batch has {shapes[0]} and {shapes[1]}; inputs "
+                "of one run must all have the same size"
+            )
+        s = connector(s)
+        if not shapes_fit(s.shape[1:], t.shape[1:], self.match):  # a bug, not a user error
+            raise RuntimeError(f"{self._where()}adapter produced {tuple(s.shape[1:])}")
+        return s, t.to(s.dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, student={self.student_path!r}, "
+            f"teacher={self.teacher_path!r}, adapter={self.adapter}"
+        )
+
+
+def _eval_forward(model: nn.Module, inputs: Tensor, taps: Sequence[str], role: str) -> ModelOutput:
+    """Forward in eval mode (BatchNorm statistics untouched), restoring every module's mode."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with capture(model, taps, role) as feats:
+            out = as_output(model(inputs))
+        out.features.update(feats)
+    finally:
+        for module, flag in modes:
+            module.training = flag
+    return out
+
+
+@torch.no_grad()
+def prepare_terms(
+    objective: Objective, student: nn.Module, teacher: nn.Module | None, inputs: Tensor
+) -> None:
+    """Let every active term with a ``prepare(student_out, teacher_out)`` method build its
+    shape-dependent parameters (adapters) from one forward pass of both models on ``inputs``.
+
+    Schemes call this from ``Scheme.prepare``, before the engine builds the optimizers.
+    """
+    terms = [t for t in objective.terms if t.weight > 0 and callable(getattr(t, "prepare", None))]
+    if not terms:
+        return
+    s_out = _eval_forward(student, inputs, objective.student_taps, "student")
+    t_out = None
+    if teacher is not None:
+        t_out = _eval_forward(teacher, inputs, objective.teacher_taps, "teacher")
+    for term in terms:
+        term.prepare(s_out, t_out)  # type: ignore[operator]
+
+
+def flat(x: Tensor) -> Tensor:
+    """Per-sample vectors [batch, features] of any feature tensor."""
+    return x.reshape(x.shape[0], -1)
+
+
+__all__ = ["FeatureTerm", "flat", "prepare_terms"]
