@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 import sqlite3
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -110,14 +111,7 @@ class RunStore:
                 "choose a writable directory (e.g. --store ./runs)"
             ) from e
         try:
-            self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-            self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise sqlite3.OperationalError(f"journal_mode is {mode!r}, WAL unavailable")
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._conn.execute("PRAGMA foreign_keys = ON")
-            self._migrate()
+            self._open()
         except sqlite3.Error as e:
             self.close()
             if getattr(e, "sqlite_errorname", "") == "SQLITE_NOTADB":
@@ -131,6 +125,29 @@ class RunStore:
             raise
 
     # -- connection and transactions ---------------------------------------------------------
+
+    def _open(self) -> None:
+        # Switching a fresh file to WAL while another process does the same can answer
+        # SQLITE_BUSY without waiting on the busy handler (e.g. during WAL recovery): retry.
+        for attempt in range(6):
+            try:
+                self._conn = sqlite3.connect(
+                    self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None
+                )
+                self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+                mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise sqlite3.OperationalError(f"journal_mode is {mode!r}, WAL unavailable")
+                self._conn.execute("PRAGMA synchronous = NORMAL")
+                self._conn.execute("PRAGMA foreign_keys = ON")
+                self._migrate()
+                return
+            except sqlite3.OperationalError as e:
+                self.close()
+                busy = "locked" in str(e) or "busy" in str(e)
+                if not busy or attempt == 5:
+                    raise
+                time.sleep(0.05 * 2**attempt)
 
     def _migrate(self) -> None:
         with self._write() as conn:
