@@ -112,7 +112,7 @@ def fit_model(
     if teacher is not None:
         check_num_classes(teacher, data, "teacher")
     if scheme is None:
-        scheme = OfflineScheme(model, objective, teacher)
+        scheme = OfflineScheme(model, objective, teacher, cache_teacher=settings.cache_teacher)
     elif scheme.eval_model() is not model:
         raise ConfigError(
             "fit_model(model, scheme=...): model must be the scheme's eval_model(), the module "

@@ -76,6 +76,9 @@ class TrainSettings(Strict):
     threads: PositiveInt | None = None
     #: Keep the weights of the epoch with the best validation accuracy instead of the last.
     keep_best: bool = False
+    #: Reuse a frozen teacher's logits per training example after their first computation
+    #: (kdlab.schemes.cache): exact here, where inputs are not augmented, and much faster.
+    cache_teacher: bool = True
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainSettings:

@@ -14,14 +14,21 @@ from kdlab.freeze import hold_frozen_in_eval
 from kdlab.losses.base import Objective
 from kdlab.losses.tapped import prepare_terms
 from kdlab.schemes.base import Scheme, Update, batch_accuracy
+from kdlab.schemes.cache import TeacherCache
 from kdlab.taps import resolve_modules
-from kdlab.types import Batch
+from kdlab.types import Batch, ModelOutput
 
 
 class OfflineScheme(Scheme):
     """Student trained on ``objective``; the teacher (if any) runs in eval mode under no_grad."""
 
-    def __init__(self, student: nn.Module, objective: Objective, teacher: nn.Module | None = None):
+    def __init__(
+        self,
+        student: nn.Module,
+        objective: Objective,
+        teacher: nn.Module | None = None,
+        cache_teacher: bool = True,
+    ):
         if objective.needs_teacher and teacher is None:
             names = [t.name for t in objective.terms if t.needs_teacher]
             raise ConfigError(
@@ -35,6 +42,9 @@ class OfflineScheme(Scheme):
         if teacher is not None:
             resolve_modules(teacher, objective.teacher_taps, "teacher")
             teacher.requires_grad_(False)
+        # Feature terms need the teacher's tapped activations, which are not cached.
+        use_cache = cache_teacher and teacher is not None and not objective.teacher_taps
+        self.teacher_cache = TeacherCache(teacher) if use_cache else None
 
     def trainable(self) -> dict[str, nn.Module]:
         return {"model": self.student, "objective": self.objective}
@@ -45,6 +55,8 @@ class OfflineScheme(Scheme):
     def prepare(self, sample: Batch) -> None:
         # Terms with shape-dependent adapters build them now, so the optimizer includes them.
         prepare_terms(self.objective, self.student, self.teacher, sample.inputs)
+        if self.teacher_cache is not None:  # a new fit may bring other training data
+            self.teacher_cache.clear()
 
     def set_mode(self, training: bool) -> None:
         super().set_mode(training)
@@ -62,8 +74,13 @@ class OfflineScheme(Scheme):
         teacher_out = None
         obj = self.objective
         if self.teacher is not None and obj.needs_teacher:
-            with torch.no_grad():
-                teacher_out = self.forward(self.teacher, batch.inputs, obj.teacher_taps, "teacher")
+            if self.teacher_cache is not None:
+                teacher_out = ModelOutput(self.teacher_cache(batch))
+            else:
+                with torch.no_grad():
+                    teacher_out = self.forward(
+                        self.teacher, batch.inputs, obj.teacher_taps, "teacher"
+                    )
         student_out = self.forward(self.student, batch.inputs, obj.student_taps, "student")
         update("student", self.objective(student_out, teacher_out, batch))
         return {"acc": batch_accuracy(student_out.logits, batch.targets)}
