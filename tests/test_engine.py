@@ -255,7 +255,8 @@ def test_save_atomic_failure_keeps_previous_file(tmp_path: Path, monkeypatch, er
 # -- the teacher in offline distillation -----------------------------------------------------------
 
 
-def test_teacher_is_frozen_in_eval_mode_without_grad() -> None:
+@pytest.mark.parametrize("cache", [False, True])
+def test_teacher_is_frozen_in_eval_mode_without_grad(cache: bool) -> None:
     torch.manual_seed(7)
     teacher = nn.Sequential(
         nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3)
@@ -280,9 +281,10 @@ def test_teacher_is_frozen_in_eval_mode_without_grad() -> None:
     objective = Objective([CrossEntropy(weight=0.5), SoftTarget(weight=0.5, name="kd")])
     epochs = 3
     Engine(settings(epochs=epochs), progress=False).fit(
-        OfflineScheme(student, objective, teacher), TRAIN, VAL
+        OfflineScheme(student, objective, teacher, cache_teacher=cache), TRAIN, VAL
     )
-    assert len(seen) == epochs * STEPS  # the teacher ran on every training batch ...
+    # the teacher ran on every training batch (with the cache: the first epoch's only) ...
+    assert len(seen) == (1 if cache else epochs) * STEPS
     assert all(s == (False, False, False, False) for s in seen)  # ... in eval mode, no grad
     assert params_equal(teacher, before)  # weights and BatchNorm running stats unchanged
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
