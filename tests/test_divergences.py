@@ -100,14 +100,6 @@ FUNCS = {
 mpmath.mp.dps = 50
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: on a shared 2-core machine intra-op threads only add contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def mp_renyi(lp: torch.Tensor, lq: torch.Tensor, alpha: float) -> np.ndarray:
     """D_α at 50 digits from the exact (float64-representable) log-probabilities and α."""

@@ -12,15 +12,6 @@ from kdlab.models.mps_contract import choose_strategy, embed
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # type: ignore[no-untyped-def]
-    """These kernels are tiny: one thread avoids OpenMP stalls on a busy shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def dense_theta(model: MPS) -> torch.Tensor:
     """Θ[c, j_1, …, j_d] built from the cores with einsum (tiny d only)."""
     cores, m, bnd = model.cores, model.output_site, model.boundary

@@ -31,13 +31,6 @@ from kdlab.store import RunStore
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def toy_data(n: int = 48) -> DataSplits:
     g = torch.Generator().manual_seed(0)
