@@ -17,7 +17,7 @@ from rich.progress import (
 
 
 class TrainingProgress:
-    """One bar per epoch with live loss/accuracy; a no-op when ``enabled`` is False."""
+    """A bar over the run's steps with live loss/accuracy; a no-op when ``enabled`` is False."""
 
     def __init__(self, description: str, enabled: bool = True, console: Console | None = None):
         self.enabled = enabled and (console is not None or sys.stderr.isatty())
@@ -46,13 +46,15 @@ class TrainingProgress:
             self._progress.__exit__(*exc)  # type: ignore[arg-type]
 
     def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
+        """One bar for the whole run (its time estimate covers every epoch left)."""
         if self._progress is None:
             return
-        if self._task is not None:
-            self._progress.remove_task(self._task)
-        self._task = self._progress.add_task(
-            f"{self.description} {epoch}/{epochs}", total=steps, stats=""
-        )
+        description = f"{self.description} {epoch}/{epochs}"
+        if self._task is None:
+            total = steps * (epochs - epoch + 1)  # a resumed run starts at a later epoch
+            self._task = self._progress.add_task(description, total=total, stats="")
+        else:
+            self._progress.update(self._task, description=description)
 
     def advance(self, stats: dict[str, float] | None = None) -> None:
         if self._progress is None:
