@@ -19,7 +19,7 @@ from torch import nn
 from kdlab.api import train
 from kdlab.config import parse_config
 from kdlab.data.base import ArrayDataset, DataSplits
-from kdlab.errors import ConfigError
+from kdlab.errors import ConfigError, NonFiniteLossError
 from kdlab.losses import CrossEntropy, Objective, SoftTarget
 from kdlab.losses.adversarial import (
     clip_weights,
@@ -37,6 +37,7 @@ from kdlab.runners.adversarial import adversarial_distill, parse_options
 from kdlab.schemes.adversarial import AdversarialScheme, pretrain_discriminator
 from kdlab.schemes.base import predict_logits
 from kdlab.settings import TrainSettings
+from kdlab.store import RunStore
 from kdlab.types import Batch
 
 EXAMPLES = sorted(Path(__file__).parents[1].glob("examples/*adversarial_*.yaml"))
@@ -231,6 +232,40 @@ def test_student_step_uses_the_updated_discriminator_and_logs_its_estimates() ->
     assert not torch.isclose(after, -before)  # D really moved between the two steps
 
 
+def test_fresh_critic_batches_give_each_d_step_new_data_and_the_student_every_kth_batch() -> None:
+    """WGAN's loop: d_steps = 3 → D updates on every batch, the student on every third, and each
+    D step scores the logits of its own batch."""
+    student, teacher, d = tiny(1), tiny(2, hidden=32), LogitDiscriminator(3, hidden=[8])
+    scheme = AdversarialScheme(student, teacher, d, Objective([CrossEntropy()]), mode="wgan",
+                               d_steps=3, critic_batches="fresh")  # fmt: skip
+    batches = [Batch(data.x, data.y) for data in (blobs(8, s) for s in range(6))]
+    scheme.prepare(batches[0])
+    scheme.set_mode(True)
+    calls: list[tuple[int, str]] = []
+    fakes: list[torch.Tensor] = []
+
+    def update(name: str, loss: LossOutput) -> None:
+        calls.append((len(seen), name))
+        if name == "discriminator":  # D's loss is a function of this batch's student logits
+            fakes.append(loss.total.detach().clone())
+        assert name != "student" or loss.total.requires_grad
+
+    seen: list[Batch] = []
+    for batch in batches:
+        scheme.train_step(batch, update)
+        seen.append(batch)
+    assert calls == [(0, "discriminator"), (1, "discriminator"), (2, "discriminator"),
+                     (2, "student"), (3, "discriminator"), (4, "discriminator"),
+                     (5, "discriminator"), (5, "student")]  # fmt: skip
+    with torch.no_grad():  # no optimizer ran, so each D loss is −[D(T(x_i)) − D(G(x_i))] on x_i
+        expected = [
+            wgan_critic_loss(d(teacher(b.inputs), b.targets), d(student(b.inputs), b.targets))
+            for b in batches
+        ]
+    torch.testing.assert_close(torch.stack(fakes), torch.stack(expected))
+    assert len({round(float(v), 6) for v in fakes}) == len(batches)  # six different batches
+
+
 def test_weight_clipping_keeps_every_parameter_in_bound_after_each_step() -> None:
     student, teacher = tiny(1), tiny(2, hidden=32)
     d = LogitDiscriminator(3, hidden=[8, 8])
@@ -345,6 +380,36 @@ def test_pretrained_run_trains_d_first_then_keeps_it_frozen(
     assert {"ce", "soft_target", "adversarial", "fooled"} <= set(run.history[0])
 
 
+class NaNAfterOneStep(LogitDiscriminator):
+    """A discriminator whose scores turn NaN once it has been updated (a diverging D)."""
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        scores = super().forward(logits, labels)
+        return scores * float("nan") if self.steps_taken() else scores
+
+    def steps_taken(self) -> bool:
+        return any(p.grad is not None for p in self.parameters())
+
+
+def test_a_pretraining_failure_is_recorded_as_a_failed_run(
+    digits: DataSplits, digits_teacher: nn.Module, tmp_path: Path
+) -> None:
+    store = RunStore(tmp_path / "store")
+    settings = TrainSettings(epochs=2, threads=1)
+    with pytest.raises(NonFiniteLossError):
+        adversarial_distill(
+            digits_teacher, MLP(64, [16]), digits,
+            {"mode": "pretrained", "fake_student": "init", "pretrain_epochs": 2},
+            settings=settings, discriminator=NaNAfterOneStep(10, hidden=[8]), store=store,
+            experiment="adv", progress=False,
+        )  # fmt: skip
+    (run,) = store.list_runs()
+    assert (run.experiment, run.role, run.status) == ("adv", "distilled", "failed")
+    assert run.error.startswith("discriminator pretraining failed: kdlab.errors.NonFiniteLossError")
+    assert "epoch 1, step 2" in run.error
+    assert run.config["adversarial"]["options"]["mode"] == "pretrained"
+
+
 # -- configs and bad input ------------------------------------------------------------------------
 
 
@@ -395,6 +460,8 @@ def test_a_negative_weight_is_rejected(key: str) -> None:
         ({"mode": "wgan", "lipschitz": "gp", "clip_value": 0.1}, "clip_value applies to"),
         ({"mode": "gan", "d_step": 2}, "unknown key 'd_step' \\(did you mean 'd_steps'\\?\\)"),
         ({"mode": "gann"}, "mode"),
+        ({"mode": "pretrained", "d_steps": 3}, "only apply to mode: gan or wgan"),
+        ({"mode": "wgan", "critic_batches": "new"}, "critic_batches"),
     ],
 )
 def test_inconsistent_options_are_rejected_with_the_fix(options: dict, message: str) -> None:

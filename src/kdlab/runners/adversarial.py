@@ -23,6 +23,7 @@ one run whose config holds the pretraining summary (D's held-out accuracy).
 from __future__ import annotations
 
 import copy
+import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -42,6 +43,7 @@ from kdlab.schemes.adversarial import AdversarialScheme, pretrain_discriminator
 from kdlab.settings import ScheduleSettings, Strict, TrainSettings
 
 WGAN_ONLY = ("lipschitz", "clip_value", "gp_weight")
+ALTERNATING_ONLY = ("d_steps", "critic_batches")  # D takes no steps while a pretrained D is used
 PRETRAINED_ONLY = ("fake_student", "early_epochs", "pretrain_epochs", "fool_form")
 
 
@@ -64,8 +66,11 @@ class AdversarialOptions(Strict):
     #: γ of the seed's D losses.
     discriminator_weight: float = Field(1.0, ge=0)
     discriminator: DiscriminatorOptions = Field(default_factory=DiscriminatorOptions)
-    #: Discriminator updates per student update (on the same batch).
+    #: Discriminator updates per student update.
     d_steps: PositiveInt = 1
+    #: ``same``: the d_steps D updates reuse the student's batch (a student update per batch);
+    #: ``fresh``: one D update per batch, the student's every d_steps-th batch (WGAN's loop).
+    critic_batches: Literal["same", "fresh"] = "same"
     #: One-sided: real target 1 − label_smoothing, fake target 0 (gan / pretrained).
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
     #: WGAN only: ``clip`` (weights in [−clip_value, clip_value]) or ``gp`` (penalty gp_weight).
@@ -82,9 +87,12 @@ class AdversarialOptions(Strict):
     @model_validator(mode="after")
     def _consistent(self) -> AdversarialOptions:
         given = self.model_fields_set
-        for keys, wanted in ((WGAN_ONLY, "wgan"), (PRETRAINED_ONLY, "pretrained")):
+        checks = ((WGAN_ONLY, ("wgan",)), (PRETRAINED_ONLY, ("pretrained",)),
+                  (ALTERNATING_ONLY, ("gan", "wgan")))  # fmt: skip
+        for keys, modes in checks:
             stray = [k for k in keys if k in given]
-            if stray and self.mode != wanted:
+            if stray and self.mode not in modes:
+                wanted = " or ".join(modes)
                 raise ValueError(
                     f"{', '.join(stray)} only apply to mode: {wanted}, but mode is {self.mode!r}; "
                     "remove them or change the mode"
@@ -170,6 +178,21 @@ def pretraining_phase(
     return summary
 
 
+def record_failed_run(
+    err: Exception, seed: int, config: dict[str, Any], fit_kwargs: Mapping[str, Any]
+) -> None:
+    """Mark the student's run failed in the store when D's pretraining stops it early."""
+    store = fit_kwargs.get("store")
+    if store is None:
+        return
+    run_id = store.create_run(
+        experiment=fit_kwargs.get("experiment", "adhoc"), name=fit_kwargs["name"],
+        role=fit_kwargs["role"], seed=seed, config=config,
+    )  # fmt: skip
+    error = "".join(traceback.format_exception_only(err)).strip()
+    store.fail_run(run_id, f"discriminator pretraining failed: {error}")
+
+
 def adversarial_distill(
     teacher: nn.Module,
     student: nn.Module,
@@ -204,21 +227,27 @@ def adversarial_distill(
         discriminator_weight=opts.discriminator_weight, d_steps=opts.d_steps,
         label_smoothing=opts.label_smoothing, lipschitz=opts.lipschitz,
         clip_value=opts.clip_value, gp_weight=opts.gp_weight, fool_form=opts.fool_form,
+        critic_batches=opts.critic_batches,
     )  # fmt: skip
     record: dict[str, Any] = {"options": opts.model_dump(mode="json")}
     student_settings = settings
+    fit_kwargs.setdefault("role", "distilled")
+    fit_kwargs.setdefault("name", f"{opts.mode} s{seed}")
     if opts.mode == "pretrained":
         train = fit_kwargs.get("train_set")
-        record["pretraining"] = pretraining_phase(
-            opts, teacher, student, discriminator, data, settings, seed,
-            train=data.train if train is None else train, progress=fit_kwargs.get("progress", True),
-        )  # fmt: skip
+        try:
+            record["pretraining"] = pretraining_phase(
+                opts, teacher, student, discriminator, data, settings, seed,
+                train=data.train if train is None else train,
+                progress=fit_kwargs.get("progress", True),
+            )  # fmt: skip
+        except Exception as err:  # the run failed before the student's training started
+            record_failed_run(err, seed, {**(config or {}), "adversarial": record}, fit_kwargs)
+            raise
         # D stays frozen from here: the student's run has no discriminator optimizer.
         student_settings = settings.model_copy(update={"optimizers": {
             k: v for k, v in settings.optimizers.items() if k != "discriminator"
         }})  # fmt: skip
-    fit_kwargs.setdefault("role", "distilled")
-    fit_kwargs.setdefault("name", f"{opts.mode} s{seed}")
     return fit_model(
         student, data, objective, student_settings, teacher=teacher, seed=seed, scheme=scheme,
         config={**(config or {}), "adversarial": record}, **fit_kwargs,

@@ -75,11 +75,14 @@ class AdversarialScheme(Scheme):
     """Student + discriminator on one engine; optimizers ``student`` and ``discriminator``.
 
     ``discriminator`` is any module called as ``D(logits, labels) -> scores [batch]`` (see
-    :class:`~kdlab.models.discriminator.LogitDiscriminator`). Per batch: one student forward,
-    ``d_steps`` discriminator updates on (teacher logits, detached student logits), then one
-    student update against the *updated* D with D's parameters excluded from the graph. The
-    teacher runs in eval mode under no_grad. In ``pretrained`` mode D is frozen (eval mode, no
-    optimizer) and only the student step runs.
+    :class:`~kdlab.models.discriminator.LogitDiscriminator`). With ``critic_batches="same"``
+    (default), per batch: one student forward, ``d_steps`` discriminator updates on (teacher
+    logits, detached student logits), then one student update against the *updated* D with D's
+    parameters excluded from the graph. With ``"fresh"`` (the WGAN papers' loop, where every
+    critic iteration draws a new minibatch): one D update per batch and one student update every
+    ``d_steps``-th batch, so an epoch has 1/d_steps as many student updates. The teacher runs in
+    eval mode under no_grad. In ``pretrained`` mode D is frozen (eval mode, no optimizer) and
+    only the student step runs.
     """
 
     def __init__(
@@ -98,6 +101,7 @@ class AdversarialScheme(Scheme):
         clip_value: float = 0.01,
         gp_weight: float = 10.0,
         fool_form: FoolForm = "seed",
+        critic_batches: Literal["same", "fresh"] = "same",
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -136,12 +140,20 @@ class AdversarialScheme(Scheme):
                 "a gradient penalty needs a discriminator that scores each sample on its own, but "
                 "this one has BatchNorm (it mixes samples in a batch); use norm: layer or none"
             )
+        if critic_batches not in ("same", "fresh"):
+            raise ConfigError(f"critic_batches must be 'same' or 'fresh', got {critic_batches!r}")
+        if critic_batches == "fresh" and mode == "pretrained":
+            raise ConfigError(
+                "critic_batches applies to gan/wgan (a pretrained D takes no steps while the "
+                "student trains); remove it or change the mode"
+            )
         if fool_form not in ("seed", "non_saturating"):
             raise ConfigError(f"fool_form must be 'seed' or 'non_saturating', got {fool_form!r}")
         self.student, self.teacher, self.discriminator = student, teacher, discriminator
         self.objective, self.mode = objective, mode
         self.d_steps, self.real_target = int(d_steps), 1.0 - float(label_smoothing)
         self.lipschitz, self.clip_value, self.fool_form = lipschitz, float(clip_value), fool_form
+        self.critic_batches, self._batches_seen = critic_batches, 0
         resolve_modules(student, objective.student_taps, "student")  # fail before training
         resolve_modules(teacher, objective.teacher_taps, "teacher")
         teacher.requires_grad_(False)
@@ -180,15 +192,23 @@ class AdversarialScheme(Scheme):
 
     def train_step(self, batch: Batch, update: Update) -> dict[str, float]:
         obj, labels = self.objective, batch.targets
+        fresh = self.critic_batches == "fresh"
+        self._batches_seen += 1
+        student_turn = not fresh or self._batches_seen % self.d_steps == 0
         with torch.no_grad():
             teacher_out = self.forward(self.teacher, batch.inputs, obj.teacher_taps, "teacher")
-        student_out = self.forward(self.student, batch.inputs, obj.student_taps, "student")
+        with torch.set_grad_enabled(student_turn):
+            student_out = self.forward(self.student, batch.inputs, obj.student_taps, "student")
         real_logits = at_least_float32(teacher_out.logits)
         metrics = {"acc": batch_accuracy(student_out.logits, labels)}
         if self.mode != "pretrained":
             # D's steps see detached student logits: the D loss cannot reach the student.
-            d_metrics = self._discriminator_steps(real_logits, student_out.logits, labels, update)
-            metrics.update(d_metrics)
+            steps = 1 if fresh else self.d_steps
+            metrics.update(
+                self._discriminator_steps(real_logits, student_out.logits, labels, update, steps)
+            )
+        if not student_turn:
+            return metrics
         with no_param_grads(self.discriminator):  # the student loss cannot reach D
             fake = self.discriminator(at_least_float32(student_out.logits), labels)
         adversarial = self._student_term(fake)
@@ -214,11 +234,11 @@ class AdversarialScheme(Scheme):
         return pretrained_fool_loss(fake, self.fool_form)
 
     def _discriminator_steps(
-        self, real: Tensor, student_logits: Tensor, labels: Tensor, update: Update
+        self, real: Tensor, student_logits: Tensor, labels: Tensor, update: Update, steps: int
     ) -> dict[str, float]:
         fake_logits = at_least_float32(student_logits.detach())
         D, totals = self.discriminator, {"d_acc": 0.0, "wasserstein": 0.0}
-        for _ in range(self.d_steps):  # the same batch; the student has not moved in between
+        for _ in range(steps):  # the same batch; the student has not moved in between
             real_scores, fake_scores = D(real, labels), D(fake_logits, labels)
             if self.mode == "gan":
                 base = gan_discriminator_loss(real_scores, fake_scores, self.real_target)
@@ -236,7 +256,7 @@ class AdversarialScheme(Scheme):
             if self.lipschitz == "clip":
                 clip_weights(D, self.clip_value)
         key = "d_acc" if self.mode == "gan" else "wasserstein"
-        return {key: totals[key] / self.d_steps}
+        return {key: totals[key] / steps}
 
 
 def check_discriminator(discriminator: nn.Module, teacher: nn.Module, sample: Batch) -> None:
