@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from kdlab.errors import StoreError
-from kdlab.store import SCHEMA_VERSION, RunRecord, RunStore
+from kdlab.store import RunRecord, RunStore
+from kdlab.store_schema import SCHEMA_VERSION
 
 ID_RE = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
 

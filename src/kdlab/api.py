@@ -32,9 +32,12 @@ LossSpec = Sequence[Term | Mapping[str, Any]] | Objective
 
 @dataclass
 class RunResult:
-    """A trained model with its test metrics and per-epoch history (and run id when stored)."""
+    """A trained model with its test metrics and per-epoch history (and run id when stored).
 
-    model: nn.Module
+    ``model`` is None only for a run read back from the store (``run_experiment(resume=True)``).
+    """
+
+    model: nn.Module | None
     metrics: dict[str, float]
     history: list[dict[str, float]] = field(default_factory=list)
     run_id: str | None = None

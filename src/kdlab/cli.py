@@ -100,6 +100,14 @@ def run(
         Path | None, typer.Option(help="Folder with the dataset files (overrides data.root).")
     ] = None,
     progress: ProgressOpt = True,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Reuse the seeds this experiment (same config, seeds aside) already completed "
+            "in the store; run only the others.",
+        ),
+    ] = False,
 ) -> None:
     """Run an experiment: per seed, teacher, student alone and distilled student."""
     from kdlab.config import load_config, parse_config
@@ -115,7 +123,10 @@ def run(
             data["data"]["root"] = str(data_root)
         cfg = parse_config(data, str(config))
     with _store(store) as run_store:
-        result = run_experiment(cfg, run_store, progress=progress)
+        result = run_experiment(cfg, run_store, progress=progress, resume=resume)
+        if result.reused_seeds:
+            reused = ", ".join(map(str, result.reused_seeds))
+            console.print(f"Resumed: seeds {reused} were complete in the store and not re-run.")
         rows = [RunRow(r.role, r.seed, r.metrics) for r in result.runs]
         console.print(rich_table(summarize(rows), title=f"{cfg.name} — mean ± std over seeds"))
         g = gain(rows, "student", "distilled")
@@ -188,7 +199,8 @@ def summary(
     if not records:
         known = ", ".join(_store(store).experiments()) or "none yet"
         _fail(f"no finished runs of experiment {experiment!r}; experiments: {known}")
-    rows = [RunRow(r.role, r.seed or 0, r.metrics) for r in reversed(records)]
+    latest = latest_per_role_and_seed(records)
+    rows = [RunRow(r.role, r.seed or 0, r.metrics) for r in latest]
     table = summarize(rows)
     if markdown:
         typer.echo(markdown_table(table))
@@ -199,6 +211,41 @@ def summary(
         console.print(
             f"KD gain in test accuracy: {100 * g.mean:+.2f} points, paired over {g.n} seeds"
         )
+    for note in summary_notes(experiment, records, latest):
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+def latest_per_role_and_seed(records: list[Any]) -> list[Any]:
+    """One run per (role, seed): the newest; records come newest first, rows go oldest first."""
+    kept: dict[tuple[str, int | None], Any] = {}
+    for r in records:
+        kept.setdefault((r.role, r.seed), r)
+    return list(reversed(kept.values()))
+
+
+def summary_notes(experiment: str, records: list[Any], latest: list[Any]) -> list[str]:
+    """Warnings that the table hides re-runs or mixes configs under one experiment name."""
+    from kdlab.experiment import config_fingerprint
+
+    notes = []
+    if len(latest) < len(records):
+        notes.append(
+            f"{len(records) - len(latest)} older finished run(s) with the same role and seed "
+            f"(re-runs) are left out; the newest counts. `kdlab runs --experiment {experiment}` "
+            "lists them all."
+        )
+    configs = {
+        config_fingerprint(r.config["experiment"])
+        for r in latest
+        if isinstance(r.config.get("experiment"), dict)
+    }
+    if len(configs) > 1:
+        notes.append(
+            f"these runs come from {len(configs)} different configs under the name "
+            f"{experiment!r} (the YAML changed between runs), so the table mixes them; give a "
+            "changed experiment a new name."
+        )
+    return notes
 
 
 @command

@@ -2,12 +2,19 @@
 
 The student alone and the distilled student start from the same initial weights (same seed), see
 the same training examples and use the same training settings, so their difference is the loss.
+
+With a store, each seed whose runs all finished is marked complete under the config's fingerprint;
+``resume=True`` then reuses those seeds' stored runs instead of training them again (an
+interrupted seed is run again from its start).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
@@ -29,6 +36,8 @@ class ExperimentResult:
     runs: list[RunResult] = field(default_factory=list)
     #: The trained (or loaded) teacher of each seed, reusable by another experiment.
     teachers: dict[int, nn.Module] = field(default_factory=dict)
+    #: Seeds whose runs were read back from the store (``resume``); their models are not loaded.
+    reused_seeds: list[int] = field(default_factory=list)
 
     def by_role(self, role: str) -> list[RunResult]:
         return [r for r in self.runs if r.role == role]
@@ -47,6 +56,20 @@ def student_train_set(data: DataSplits, subset: int | None, seed: int) -> ArrayD
     return data.train.subset(index)
 
 
+def config_fingerprint(config_json: Mapping[str, Any]) -> str:
+    """What makes two runs of an experiment comparable: the config without its seed list."""
+    comparable = {k: v for k, v in config_json.items() if k != "seeds"}
+    return hashlib.sha256(json.dumps(comparable, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def reused_runs(store: RunStore, name: str, fingerprint: str, seed: int) -> list[RunResult]:
+    """A completed seed's runs as results (``model`` is None: the weights stay on disk)."""
+    return [
+        RunResult(None, rec.metrics, store.history(rec.id), rec.id, rec.role, seed)
+        for rec in store.completed_seed(name, fingerprint, seed)
+    ]
+
+
 def run_experiment(
     cfg: ExperimentConfig,
     store: RunStore | None = None,
@@ -54,8 +77,15 @@ def run_experiment(
     progress: bool = True,
     teachers: dict[int, nn.Module] | None = None,
     on_run: Callable[[RunResult], None] | None = None,
+    resume: bool = False,
 ) -> ExperimentResult:
-    """Train (or load) the teacher, the baseline student and the distilled student per seed."""
+    """Train (or load) the teacher, the baseline student and the distilled student per seed.
+
+    ``resume``: seeds completed earlier in ``store`` under the same config (seeds aside) are not
+    trained again; their stored runs are returned with ``model=None``.
+    """
+    if resume and store is None:
+        raise ConfigError("resume reads completed seeds from a run store; pass store=RunStore(...)")
     result = ExperimentResult(cfg.name)
     common = {
         "store": store,
@@ -65,6 +95,7 @@ def run_experiment(
         "ece_bins": cfg.metrics.ece_bins,
     }
     config_json = cfg.model_dump(mode="json")
+    fingerprint = config_fingerprint(config_json)
 
     def record(run: RunResult) -> None:
         result.runs.append(run)
@@ -73,6 +104,13 @@ def run_experiment(
 
     runner = get_runner(cfg.distill.scheme)
     for seed in cfg.seeds:
+        stored = reused_runs(store, cfg.name, fingerprint, seed) if resume and store else []
+        if stored:
+            result.reused_seeds.append(seed)
+            for run in stored:
+                record(run)
+            continue
+        first = len(result.runs)
         data = load_dataset(
             cfg.data.source, root=cfg.data.root, seed=seed, val_fraction=cfg.data.val_fraction,
             test_size=cfg.data.test_size, flatten=cfg.data.flatten,
@@ -106,7 +144,10 @@ def run_experiment(
         )  # fmt: skip
         for run in runner.run(ctx):
             record(run)
+        if store is not None:
+            ids = [r.run_id for r in result.runs[first:] if r.run_id is not None]
+            store.mark_seed_complete(cfg.name, fingerprint, seed, ids)
     return result
 
 
-__all__ = ["ExperimentResult", "run_experiment", "student_train_set"]
+__all__ = ["ExperimentResult", "config_fingerprint", "run_experiment", "student_train_set"]

@@ -2,7 +2,7 @@
 
 Layout under the store root::
 
-    root/kdlab.sqlite          runs + per-epoch history
+    root/kdlab.sqlite          runs, per-epoch history, completed seeds (schema: store_schema)
     root/runs/<run id>/        artefacts (checkpoints, plots, ...), created on demand
 
 Several processes may write to one store at once: each ``RunStore`` owns one connection, every
@@ -24,26 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from kdlab.errors import StoreError
+from kdlab.store_schema import migrate
 
-SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 60.0
 DB_NAME = "kdlab.sqlite"
 STATUSES = ("running", "finished", "failed")
 
-_SCHEMA = """
-CREATE TABLE runs (
-    id TEXT PRIMARY KEY, experiment TEXT NOT NULL, name TEXT NOT NULL, role TEXT NOT NULL,
-    seed INTEGER, status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed')),
-    created_at TEXT NOT NULL, finished_at TEXT, config TEXT NOT NULL,
-    metrics TEXT NOT NULL DEFAULT '{}', artefacts TEXT NOT NULL DEFAULT '{}', error TEXT
-);
-CREATE INDEX runs_created ON runs (created_at);
-CREATE INDEX runs_experiment ON runs (experiment, created_at);
-CREATE TABLE history (
-    run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE, epoch INTEGER NOT NULL,
-    metrics TEXT NOT NULL, PRIMARY KEY (run_id, epoch)
-) WITHOUT ROWID;
-"""
 _COLUMNS = (
     "id, experiment, name, role, seed, status, created_at, finished_at,"
     " config, metrics, artefacts, error"
@@ -151,24 +137,7 @@ class RunStore:
 
     def _migrate(self) -> None:
         with self._write() as conn:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path} has schema version {version}, newer than this kdlab "
-                    f"understands ({SCHEMA_VERSION}); upgrade kdlab (pip install -U kdlab)"
-                )
-            if version == 0:
-                tables = conn.execute("SELECT name FROM sqlite_master").fetchall()
-                if tables:
-                    raise StoreError(
-                        f"{self.path} is an SQLite database of another program (tables: "
-                        f"{', '.join(t[0] for t in tables)}); move it away or use another "
-                        "store directory"
-                    )
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            migrate(conn, self.path)
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -393,3 +362,35 @@ class RunStore:
     def experiments(self) -> list[str]:
         """Names of all experiments with at least one run, alphabetically."""
         return [r[0] for r in self._read("SELECT DISTINCT experiment FROM runs ORDER BY 1")]
+
+    # -- experiment seeds (for resuming) -------------------------------------------------------
+
+    def mark_seed_complete(
+        self, experiment: str, fingerprint: str, seed: int, run_ids: list[str]
+    ) -> None:
+        """Record that ``seed`` of ``experiment`` (config ``fingerprint``) finished these runs."""
+        with self._write() as conn:
+            for run_id in run_ids:
+                self._require(conn, run_id)
+            conn.execute(
+                "INSERT OR REPLACE INTO completed_seeds VALUES (?, ?, ?, ?, ?)",
+                (experiment, fingerprint, int(seed), json.dumps(run_ids),
+                 self._now().isoformat(timespec="microseconds")),
+            )  # fmt: skip
+
+    def completed_seed(self, experiment: str, fingerprint: str, seed: int) -> list[RunRecord]:
+        """The finished runs of a completed seed, in run order; [] if it is not complete."""
+        rows = self._read(
+            "SELECT run_ids FROM completed_seeds WHERE experiment = ? AND fingerprint = ?"
+            " AND seed = ?",
+            (experiment, fingerprint, int(seed)),
+        )
+        if not rows:
+            return []
+        records = []
+        for run_id in json.loads(rows[0][0]):
+            found = self._read(f"SELECT {_COLUMNS} FROM runs WHERE id = ?", (run_id,))
+            if not found or found[0][5] != "finished":
+                return []  # a run was deleted or is not finished: run the seed again
+            records.append(self._record(found[0]))
+        return records

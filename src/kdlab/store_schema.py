@@ -1,0 +1,61 @@
+"""The run store's SQLite schema and its migrations (``PRAGMA user_version`` is the version).
+
+Version 1: ``runs`` and per-epoch ``history``. Version 2 adds ``completed_seeds``: which seeds of
+an experiment finished all their runs under one config, so ``kdlab run --resume`` can skip them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from kdlab.errors import StoreError
+
+SCHEMA_VERSION = 2
+
+_V1 = """
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY, experiment TEXT NOT NULL, name TEXT NOT NULL, role TEXT NOT NULL,
+    seed INTEGER, status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed')),
+    created_at TEXT NOT NULL, finished_at TEXT, config TEXT NOT NULL,
+    metrics TEXT NOT NULL DEFAULT '{}', artefacts TEXT NOT NULL DEFAULT '{}', error TEXT
+);
+CREATE INDEX runs_created ON runs (created_at);
+CREATE INDEX runs_experiment ON runs (experiment, created_at);
+CREATE TABLE history (
+    run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE, epoch INTEGER NOT NULL,
+    metrics TEXT NOT NULL, PRIMARY KEY (run_id, epoch)
+) WITHOUT ROWID;
+"""
+_V2 = """
+CREATE TABLE completed_seeds (
+    experiment TEXT NOT NULL, fingerprint TEXT NOT NULL, seed INTEGER NOT NULL,
+    run_ids TEXT NOT NULL, completed_at TEXT NOT NULL,
+    PRIMARY KEY (experiment, fingerprint, seed)
+) WITHOUT ROWID;
+"""
+#: Statements that bring a store at version i (list index) to version i + 1.
+_STEPS = [_V1, _V2]
+
+
+def migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring the open database to SCHEMA_VERSION inside the caller's write transaction."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} has schema version {version}, newer than this kdlab understands "
+            f"({SCHEMA_VERSION}); upgrade kdlab (pip install -U kdlab)"
+        )
+    if version == 0:
+        tables = conn.execute("SELECT name FROM sqlite_master").fetchall()
+        if tables:
+            raise StoreError(
+                f"{path} is an SQLite database of another program (tables: "
+                f"{', '.join(t[0] for t in tables)}); move it away or use another store directory"
+            )
+    for script in _STEPS[version:]:
+        for statement in script.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+    if version != SCHEMA_VERSION:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
