@@ -1,11 +1,16 @@
 """Loss terms. Importing this package registers every built-in term kind.
 
 Response terms read logits (response.py); feature and relation terms read intermediate outputs
-captured by module path (tapped.py, fitnets.py, attention.py, lsp.py, relation.py, rkd.py, sp.py,
-pkt.py).
+captured by module path (tapped.py, fitnets.py, attention.py, global_relation.py, lsp.py,
+relation.py, rkd.py, sp.py, pkt.py).
 """
 
-from kdlab.losses.attention import AttentionTransfer, ChannelAttention, SpatialAttention
+from kdlab.losses.attention import (
+    AttentionFeature,
+    AttentionTransfer,
+    ChannelAttention,
+    SpatialAttention,
+)
 from kdlab.losses.base import (
     TERMS,
     LossOutput,
@@ -16,6 +21,7 @@ from kdlab.losses.base import (
     register_term,
 )
 from kdlab.losses.fitnets import Hint
+from kdlab.losses.global_relation import GlobalRelation
 from kdlab.losses.lsp import LocalStructure
 from kdlab.losses.pkt import PKT
 from kdlab.losses.relation import Relation
@@ -27,10 +33,12 @@ from kdlab.losses.tapped import FeatureTerm, prepare_terms
 __all__ = [
     "PKT",
     "TERMS",
+    "AttentionFeature",
     "AttentionTransfer",
     "ChannelAttention",
     "CrossEntropy",
     "FeatureTerm",
+    "GlobalRelation",
     "Hint",
     "LocalStructure",
     "LogitMSE",

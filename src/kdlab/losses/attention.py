@@ -6,6 +6,10 @@
   G^S(A) = (1/C)·Σ_c |A_c| (one value per position), G^C(A) = (1/HW)·Σ_ij |A_·ij| (one per
   channel), turned into attention masks HW·softmax(G^S/τ) and C·softmax(G^C/τ) and compared
   with an L1 (default, as in the paper) or squared distance.
+- ``attention_feature`` — Zhang & Ma's attention-guided feature loss: squared feature differences
+  weighted by the spatial and channel masks of teacher and student together,
+  Σ_kij (A^T_kij − f(A^S)_kij)² · M^S_ij · M^C_k with M^S = HW·softmax((G^S(A^S) + G^S(A^T))/τ)
+  and M^C = C·softmax((G^C(A^S) + G^C(A^T))/τ), so the student copies most where either looks.
 
 Feature maps are ``[batch, channels, height, width]``. AT and spatial attention sum over
 channels, so the channel counts may differ (no adapter needed); differing spatial sizes are
@@ -126,3 +130,50 @@ class ChannelAttention(_AttentionMask):
     kind = "channel_attention"
     match = "channels"
     reduce_axes = (2, 3)
+
+
+@register_term
+class AttentionFeature(FeatureTerm):
+    """Attention-guided feature imitation (Zhang & Ma 2021), f the adapter (1×1 conv if needed).
+
+    Per sample the weighted squared error Σ_kij (A^T − f(A^S))²_kij · M^S_ij · M^C_k is divided by
+    C·H·W — the masks average 1, so this is a weighted mean squared error whose scale does not
+    depend on the map's size (the paper sums: multiply ``weight`` by C·H·W to match) — then
+    averaged over the batch. ``detach_masks`` (default) makes the masks fixed weights, so the
+    student cannot lower the loss by moving its attention away from its errors.
+    """
+
+    kind = "attention_feature"
+    match = "all"
+    ranks = (3,)
+
+    def __init__(
+        self,
+        student: str | None = None,
+        teacher: str | None = None,
+        weight: float = 1.0,
+        temperature: float = 0.5,
+        detach_masks: bool = True,
+        adapter: str = "auto",
+        adapter_bn: bool = False,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(student, teacher, weight, adapter, adapter_bn, name)
+        if not temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {temperature}")
+        self.temperature, self.detach_masks = float(temperature), bool(detach_masks)
+
+    def masks(self, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(M^S [B, 1, H, W], M^C [B, C, 1, 1]) from both models' attention."""
+        b, c, h, w = t.shape
+        g_spatial = s.abs().mean(1) + t.abs().mean(1)  # G^S(A^S) + G^S(A^T)
+        g_channel = s.abs().mean((2, 3)) + t.abs().mean((2, 3))  # G^C(A^S) + G^C(A^T)
+        m_spatial = h * w * torch.softmax(flat(g_spatial) / self.temperature, dim=1)
+        m_channel = c * torch.softmax(g_channel / self.temperature, dim=1)
+        return m_spatial.view(b, 1, h, w), m_channel.view(b, c, 1, 1)
+
+    def forward(self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch) -> Tensor:
+        s, t = self.features(student, teacher)
+        m_spatial, m_channel = self.masks(s.detach() if self.detach_masks else s, t)
+        weighted = (t - s).pow(2) * m_spatial * m_channel
+        return flat(weighted).mean(1).mean()
