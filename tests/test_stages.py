@@ -8,7 +8,6 @@ student without adapters, config validation of ``distill.stages``, the example c
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
@@ -263,29 +262,3 @@ def test_example_configs_validate_and_cover_every_method() -> None:
             kinds |= {term["type"] for term in loss}
     assert kinds >= METHODS
 
-
-def on_digits_for_one_epoch(path: Path) -> dict:
-    """An example config shrunk to a smoke run: digits, seed 0, one epoch per training."""
-    raw = yaml.safe_load(path.read_text())
-    raw["data"], raw["seeds"] = {"source": "digits", "val_fraction": 0.1}, [0]
-    for part in (raw["teacher"]["train"], raw["student"]["train"]):
-        part.update(epochs=1, threads=1)
-    for stage in raw["distill"].get("stages", []):
-        stage.setdefault("train", {})["epochs"] = 1
-    return raw
-
-
-@pytest.mark.parametrize("method", EXAMPLE_METHODS)
-def test_example_config_runs_end_to_end_with_every_term_logged(method: str) -> None:
-    """The same file, on 8×8 digits instead of Fashion-MNIST: every tap exists, every adapter
-    builds, and each term's value is finite in the distilled run's history."""
-    raw = on_digits_for_one_epoch(EXAMPLES / f"fashion_mnist_{method}.yaml")
-    result = run_experiment(parse_config(raw), progress=False)
-    stages = raw["distill"].get("stages") or [{"loss": raw["distill"]["loss"]}]
-    distilled = [r for r in result.runs if r.role.startswith("distilled")]
-    assert len(distilled) == len(stages)
-    for run, stage in zip(distilled, stages, strict=True):
-        for term in stage["loss"]:
-            key = term.get("name", term["type"])
-            assert math.isfinite(run.history[-1][key]), (key, run.history[-1])
-        assert 0.0 <= run.metrics["accuracy"] <= 1.0
