@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+from feature_helpers import outputs, rand, toy_cnn_pair, value
 from kdlab import checkpoint as ckpt
 from kdlab.api import fit_model
 from kdlab.data.base import ArrayDataset, DataSplits
@@ -36,30 +37,16 @@ from kdlab.models import SmallCNN
 from kdlab.schemes import OfflineScheme
 from kdlab.settings import TrainSettings
 from kdlab.store import RunStore
-from kdlab.types import Batch, ModelOutput
+from kdlab.types import Batch
 
 B = 4
 
 
 
-def rand(*shape: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-def outputs(s: torch.Tensor, t: torch.Tensor, sp: str = "s", tp: str = "t"):
-    b = s.shape[0]
-    return (
-        ModelOutput(torch.zeros(b, 3, dtype=s.dtype), {sp: s}),
-        ModelOutput(torch.zeros(b, 3, dtype=t.dtype), {tp: t}),
-        Batch(torch.zeros(b, 1), torch.zeros(b, dtype=torch.long)),
-    )
 
 
-def value(term, s, t) -> float:
-    so, to, batch = outputs(s, t)
-    term.prepare(so, to)
-    term.double()
-    return float(term(so, to, batch).detach())
 
 
 def assert_grad_only_to_student(term, s: torch.Tensor, t: torch.Tensor) -> None:
@@ -154,12 +141,8 @@ def test_a_trainable_adapter_must_be_prepared_before_the_optimizer() -> None:
 def test_adapter_is_optimised_checkpointed_and_left_out_of_the_exported_student(
     tmp_path: Path,
 ) -> None:
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.rand(32, 1, 8, 8, generator=g), torch.randint(0, 3, (32,), generator=g)
-    data = DataSplits("toy", *(ArrayDataset(x, y),) * 3, 3)
-    torch.manual_seed(0)
-    teacher = SmallCNN(1, 3, channels=(6,), hidden=8, input_shape=(1, 8, 8)).eval()
-    student = SmallCNN(1, 3, channels=(3,), hidden=8, input_shape=(1, 8, 8))
+    data, teacher, student = toy_cnn_pair()
+    x, y = data.train.x, data.train.y
     term = Hint(student="features.0", teacher="features.0")
     scheme = OfflineScheme(student, Objective([term]), teacher)
     scheme.prepare(Batch(x[:2], y[:2]))

@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+from feature_helpers import outputs, rand, value
 from kdlab.errors import ConfigError
 from kdlab.losses import (
     PKT,
@@ -27,27 +28,6 @@ from kdlab.losses import (
     build_term,
 )
 from kdlab.stages import check_batch_sizes
-from kdlab.types import Batch, ModelOutput
-
-
-def rand(*shape: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-def outputs(s: torch.Tensor, t: torch.Tensor):
-    b = s.shape[0]
-    return (
-        ModelOutput(torch.zeros(b, 3, dtype=s.dtype), {"s": s}),
-        ModelOutput(torch.zeros(b, 3, dtype=t.dtype), {"t": t}),
-        Batch(torch.zeros(b, 1), torch.zeros(b, dtype=torch.long)),
-    )
-
-
-def value(term, s, t) -> float:
-    so, to, batch = outputs(s, t)
-    term.prepare(so, to)
-    term.double()
-    return float(term(so, to, batch).detach())
 
 
 def huber(x: float, y: float) -> float:

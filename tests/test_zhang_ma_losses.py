@@ -13,32 +13,22 @@ import numpy as np
 import pytest
 import torch
 
+from feature_helpers import outputs, rand, toy_cnn_pair
 from kdlab import checkpoint as ckpt
 from kdlab.api import fit_model
-from kdlab.data.base import ArrayDataset, DataSplits
 from kdlab.errors import ConfigError
 from kdlab.losses import AttentionFeature, GlobalRelation, Objective, build_term
 from kdlab.losses.global_relation import NonLocalBlock
-from kdlab.models import SmallCNN
 from kdlab.schemes import OfflineScheme
 from kdlab.settings import TrainSettings
 from kdlab.store import RunStore
-from kdlab.types import Batch, ModelOutput
+from kdlab.types import Batch
 
 B = 3
 
 
-def rand(*shape: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-def outputs(s: torch.Tensor, t: torch.Tensor):
-    b = s.shape[0]
-    return (
-        ModelOutput(torch.zeros(b, 3, dtype=s.dtype), {"s": s}),
-        ModelOutput(torch.zeros(b, 3, dtype=t.dtype), {"t": t}),
-        Batch(torch.zeros(b, 1), torch.zeros(b, dtype=torch.long)),
-    )
 
 
 def prepared(term, s: torch.Tensor, t: torch.Tensor):
@@ -204,12 +194,8 @@ def test_global_relation_bad_input() -> None:
 def test_global_relation_blocks_train_and_checkpoint_with_the_student_not_the_export(
     tmp_path: Path,
 ) -> None:
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.rand(32, 1, 8, 8, generator=g), torch.randint(0, 3, (32,), generator=g)
-    data = DataSplits("toy", *(ArrayDataset(x, y),) * 3, 3)
-    torch.manual_seed(0)
-    teacher = SmallCNN(1, 3, channels=(6,), hidden=8, input_shape=(1, 8, 8)).eval()
-    student = SmallCNN(1, 3, channels=(3,), hidden=8, input_shape=(1, 8, 8))
+    data, teacher, student = toy_cnn_pair()
+    x, y = data.train.x, data.train.y
     term = GlobalRelation(student="features.0", teacher="features.0")
     scheme = OfflineScheme(student, Objective([term]), teacher)
     scheme.prepare(Batch(x[:2], y[:2]))
