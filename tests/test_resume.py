@@ -11,10 +11,12 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from rich.console import Console
 from typer.testing import CliRunner
 
+from kdlab import checkpoint as ckpt
 from kdlab import cli
 from kdlab.config import parse_config
 from kdlab.errors import ConfigError, StoreError
@@ -37,6 +39,10 @@ CONFIG = {
 
 def config(**changes):
     return parse_config({**CONFIG, **changes}, "test")
+
+
+def result_fingerprint() -> str:
+    return config_fingerprint(config().model_dump(mode="json"))
 
 
 class Interrupt(Exception):
@@ -94,7 +100,9 @@ def test_completed_seed_needs_every_run_finished(tmp_path: Path) -> None:
 # -- run_experiment(resume=True) --------------------------------------------------------------
 
 
-def test_resume_reuses_completed_seeds_and_reruns_the_interrupted_one(tmp_path: Path) -> None:
+def test_resume_reuses_completed_seeds_and_the_finished_teacher_of_the_interrupted_one(
+    tmp_path: Path,
+) -> None:
     with RunStore(tmp_path) as store:
         with pytest.raises(Interrupt):
             run_experiment(config(), store, progress=False, on_run=stop_at(1, "student"))
@@ -113,12 +121,17 @@ def test_resume_reuses_completed_seeds_and_reruns_the_interrupted_one(tmp_path: 
             assert run.history == store.history(stored.id)
         seed1 = [r for r in result.runs if r.seed == 1]
         assert [r.role for r in seed1] == ["teacher", "student", "distilled"]
-        assert all(r.model is not None and r.run_id != first.get((1, r.role)) for r in seed1)
-        assert len(store.list_runs()) == 5 + 3
+        teacher, *students = seed1  # seed 1's teacher had finished: loaded, not retrained
+        assert teacher.run_id == first[(1, "teacher")].id
+        weights = ckpt.load_state_dict(first[(1, "teacher")].artefacts["model"])
+        assert all(torch.equal(v, weights[k]) for k, v in teacher.model.state_dict().items())
+        assert all(r.model is not None and r.run_id != first.get((1, r.role)) for r in students)
+        assert len(store.list_runs()) == 5 + 2
+        assert store.completed_seed("tiny", result_fingerprint(), 1)[0].id == teacher.run_id
 
         again = run_experiment(config(seeds=[1, 0, 2]), store, progress=False, resume=True)
         assert again.reused_seeds == [1, 0]  # the seed list is not part of the config identity
-        assert len(store.list_runs()) == 8 + 3
+        assert len(store.list_runs()) == 7 + 3
 
 
 def test_a_changed_config_reuses_nothing(tmp_path: Path) -> None:

@@ -4,8 +4,8 @@ The student alone and the distilled student start from the same initial weights 
 the same training examples and use the same training settings, so their difference is the loss.
 
 With a store, each seed whose runs all finished is marked complete under the config's fingerprint;
-``resume=True`` then reuses those seeds' stored runs instead of training them again (an
-interrupted seed is run again from its start).
+``resume=True`` then reuses those seeds' stored runs instead of training them again. In an
+interrupted seed, a teacher that finished is loaded from its run; the rest trains again.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from kdlab.engine import seed_everything
 from kdlab.errors import ConfigError
 from kdlab.models import build_model
 from kdlab.runners import DistillContext, get_runner
-from kdlab.store import RunStore
+from kdlab.store import RunRecord, RunStore
 from kdlab.teachers import build_teacher
 
 
@@ -68,6 +68,21 @@ def reused_runs(store: RunStore, name: str, fingerprint: str, seed: int) -> list
         RunResult(None, rec.metrics, store.history(rec.id), rec.id, rec.role, seed)
         for rec in store.completed_seed(name, fingerprint, seed)
     ]
+
+
+def finished_runs(store: RunStore, name: str, fingerprint: str, seed: int):
+    """``lookup(role, run name)``: the newest finished run of this seed and config, or None."""
+
+    def lookup(role: str, run_name: str) -> RunRecord | None:
+        for rec in store.list_runs(experiment=name, role=role, status="finished"):
+            same = isinstance(rec.config.get("experiment"), dict) and (
+                config_fingerprint(rec.config["experiment"]) == fingerprint
+            )
+            if same and rec.seed == seed and rec.name == run_name and "model" in rec.artefacts:
+                return rec
+        return None
+
+    return lookup
 
 
 def run_experiment(
@@ -119,7 +134,8 @@ def run_experiment(
         if teacher is not None:
             check_num_classes(teacher, data, "teacher")
         elif cfg.teacher is not None:
-            teacher = build_teacher(cfg, data, seed, config_json, common, record)
+            lookup = finished_runs(store, cfg.name, fingerprint, seed) if resume and store else None
+            teacher = build_teacher(cfg, data, seed, config_json, common, record, lookup)
         if teacher is not None:
             teacher.eval()
             result.teachers[seed] = teacher

@@ -23,6 +23,7 @@ from kdlab.data import DataSplits
 from kdlab.errors import ConfigError
 from kdlab.models import build_model
 from kdlab.models.ensemble import EnsembleTeacher
+from kdlab.store import RunRecord
 
 #: Ensemble member m of experiment seed s draws its initial weights from s + 1000·m; batches and
 #: dropout follow the experiment seed, so the members differ by their initialisation (as in
@@ -42,8 +43,13 @@ def build_teacher(
     config_json: dict[str, Any],
     common: dict[str, Any],
     record: Callable[[RunResult], None],
+    finished: Callable[[str, str], RunRecord | None] | None = None,
 ) -> nn.Module:
-    """Train or load ``cfg.teacher`` for ``seed``; record every model made on the way."""
+    """Train or load ``cfg.teacher`` for ``seed``; record every model made on the way.
+
+    ``finished(role, name)`` (when resuming) returns a finished run of this seed and config; a
+    teacher it returns is loaded from that run's weights instead of being trained again.
+    """
     t = cfg.teacher
     assert t is not None
     n = t.member_count()
@@ -69,7 +75,11 @@ def build_teacher(
     for m, (model, path) in enumerate(zip(models, paths, strict=True)):
         name = f"teacher s{seed}" if n == 1 else f"teacher s{seed} member {m + 1}/{n}"
         run_config = {"experiment": config_json, **({"member": m + 1} if n > 1 else {})}
-        if path is None:
+        done = finished(role, name) if finished and path is None and not t.use_epoch else None
+        if done is not None:
+            _load(model, done.artefacts["model"], f"stored teacher run {done.id} does not fit")
+            runs = [RunResult(model, done.metrics, [], done.id, role, seed)]
+        elif path is None:
             runs = _train(t, model, data, seed, role, name, run_config, common)
         else:
             runs = [record_model(
