@@ -370,7 +370,8 @@ def test_unknown_source_lists_closest_first() -> None:
     with pytest.raises(ValueError, match=r"unknown dataset 'minst'.*closest first\): mnist, ") as e:
         load_dataset("minst")
     assert all(name in str(e.value) for name in available_sources())
-    assert available_sources()[:2] == ["digits", "mnist"] and len(available_sources()) == 8
+    assert available_sources()[:3] == ["digits", "multiview", "mnist"]
+    assert len(available_sources()) == 9
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

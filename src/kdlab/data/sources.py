@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdlab.data import cifar, digits, idx, notmnist, svhn
+from kdlab.data import cifar, digits, idx, multiview, notmnist, svhn
 from kdlab.data.base import ArrayDataset, DataSplits, split_indices
 from kdlab.errors import DataError
 
@@ -72,6 +72,15 @@ def _read_digits(directory: Path | None, strict: bool) -> RawData:
     return RawData(x, y, None, None, digits.CLASS_NAMES)
 
 
+#: Sizes and generator seeds of the bundled multi-view data (fixed: every run sees the same data).
+MULTIVIEW_TRAIN, MULTIVIEW_TEST = (2000, 1), (2000, 2)
+
+
+def _read_multiview(directory: Path | None, strict: bool) -> RawData:
+    train, test = (multiview.make_multiview(n, s) for n, s in (MULTIVIEW_TRAIN, MULTIVIEW_TEST))
+    return RawData(train.x, train.y, test.x, test.y, multiview.CLASS_NAMES)
+
+
 def _read_svhn(directory: Path | None, strict: bool) -> RawData:
     assert directory is not None
     return RawData(*svhn.load_svhn_dir(directory), class_names=svhn.CLASS_NAMES)
@@ -101,6 +110,7 @@ SOURCES: dict[str, Source] = {
     s.name: s
     for s in [
         Source("digits", _read_digits, None, "bundled with scikit-learn", default_test=500),
+        Source("multiview", _read_multiview, None, "generated (seed 001 §9, kdlab.data.multiview)"),
         _idx_source(
             "mnist",
             idx.MNIST_NAMES,
