@@ -45,6 +45,11 @@ class RunResult:
     seed: int = 0
 
 
+def error_text(err: BaseException) -> str:
+    """The one-line form of an exception that a failed run keeps in the store."""
+    return "".join(traceback.format_exception_only(err)).strip()
+
+
 def check_num_classes(model: nn.Module, data: DataSplits, role: str) -> None:
     """Fail before training when a model's output does not have one logit per class."""
     sample = data.train.x[:2]
@@ -153,7 +158,7 @@ def fit_model(
             _save_and_finish(store, run_id, model, metrics, settings.epochs, checkpoint=True)
     except BaseException as err:
         if store is not None and run_id is not None:
-            store.fail_run(run_id, "".join(traceback.format_exception_only(err)).strip())
+            store.fail_run(run_id, error_text(err))
         raise
     return RunResult(model, metrics, history, run_id, role, seed)
 
@@ -227,7 +232,7 @@ def record_model(
             else:
                 store.finish_run(run_id, metrics, {"model": weights_file})
         except BaseException as err:
-            store.fail_run(run_id, "".join(traceback.format_exception_only(err)).strip())
+            store.fail_run(run_id, error_text(err))
             raise
     return RunResult(model, metrics, rows, run_id, role, seed)
 

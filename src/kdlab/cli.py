@@ -225,7 +225,7 @@ def latest_per_role_and_seed(records: list[Any]) -> list[Any]:
 
 def summary_notes(experiment: str, records: list[Any], latest: list[Any]) -> list[str]:
     """Warnings that the table hides re-runs or mixes configs under one experiment name."""
-    from kdlab.experiment import config_fingerprint
+    from kdlab.experiment import run_fingerprint
 
     notes = []
     if len(latest) < len(records):
@@ -234,11 +234,7 @@ def summary_notes(experiment: str, records: list[Any], latest: list[Any]) -> lis
             f"(re-runs) are left out; the newest counts. `kdlab runs --experiment {experiment}` "
             "lists them all."
         )
-    configs = {
-        config_fingerprint(r.config["experiment"])
-        for r in latest
-        if isinstance(r.config.get("experiment"), dict)
-    }
+    configs = {run_fingerprint(r) for r in latest} - {None}
     if len(configs) > 1:
         notes.append(
             f"these runs come from {len(configs)} different configs under the name "

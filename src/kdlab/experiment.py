@@ -62,6 +62,12 @@ def config_fingerprint(config_json: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(comparable, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def run_fingerprint(record: RunRecord) -> str | None:
+    """The fingerprint of the experiment config a stored run was made with (None: not known)."""
+    config = record.config.get("experiment")
+    return config_fingerprint(config) if isinstance(config, dict) else None
+
+
 def reused_runs(store: RunStore, name: str, fingerprint: str, seed: int) -> list[RunResult]:
     """A completed seed's runs as results (``model`` is None: the weights stay on disk)."""
     return [
@@ -75,10 +81,8 @@ def finished_runs(store: RunStore, name: str, fingerprint: str, seed: int):
 
     def lookup(role: str, run_name: str) -> RunRecord | None:
         for rec in store.list_runs(experiment=name, role=role, status="finished"):
-            same = isinstance(rec.config.get("experiment"), dict) and (
-                config_fingerprint(rec.config["experiment"]) == fingerprint
-            )
-            if same and rec.seed == seed and rec.name == run_name and "model" in rec.artefacts:
+            same = run_fingerprint(rec) == fingerprint and rec.seed == seed
+            if same and rec.name == run_name and "model" in rec.artefacts:
                 return rec
         return None
 

@@ -387,10 +387,10 @@ class RunStore:
         )
         if not rows:
             return []
-        records = []
-        for run_id in json.loads(rows[0][0]):
-            found = self._read(f"SELECT {_COLUMNS} FROM runs WHERE id = ?", (run_id,))
-            if not found or found[0][5] != "finished":
-                return []  # a run was deleted or is not finished: run the seed again
-            records.append(self._record(found[0]))
-        return records
+        run_ids = json.loads(rows[0][0])
+        sql = f"SELECT {_COLUMNS} FROM runs WHERE status = 'finished' AND id IN ({{}})"
+        rows = self._read(sql.format(", ".join("?" * len(run_ids))), tuple(run_ids))
+        found = {row[0]: self._record(row) for row in rows}
+        if len(found) < len(run_ids):
+            return []  # a run was deleted or is not finished: run the seed again
+        return [found[run_id] for run_id in run_ids]

@@ -70,6 +70,12 @@ class AttentionTransfer(FeatureTerm):
         return (attention_map(s, self.p) - attention_map(t, self.p)).pow(2).mean()
 
 
+def attention_mask(g: Tensor, temperature: float) -> Tensor:
+    """n·softmax(G/τ) over G's n entries per sample: ×n keeps the mean at 1, so the mask scales
+    features without shrinking them."""
+    return g.shape[1] * torch.softmax(g / temperature, dim=1)
+
+
 class _AttentionMask(FeatureTerm):
     """Zhang & Ma's masks: compare n·softmax(G/τ) (or G itself when τ is null)."""
 
@@ -99,10 +105,7 @@ class _AttentionMask(FeatureTerm):
     def attention(self, a: Tensor) -> Tensor:
         """G^S [B, H·W] or G^C [B, C]; as a mask n·softmax(G/τ) when τ is set."""
         g = flat(a.abs().mean(self.reduce_axes))
-        if self.temperature is None:
-            return g
-        # ×n keeps the mask's mean at 1, so it scales features without shrinking them
-        return g.shape[1] * torch.softmax(g / self.temperature, dim=1)
+        return g if self.temperature is None else attention_mask(g, self.temperature)
 
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch) -> Tensor:
         s, t = self.features(student, teacher)
@@ -168,8 +171,8 @@ class AttentionFeature(FeatureTerm):
         b, c, h, w = t.shape
         g_spatial = s.abs().mean(1) + t.abs().mean(1)  # G^S(A^S) + G^S(A^T)
         g_channel = s.abs().mean((2, 3)) + t.abs().mean((2, 3))  # G^C(A^S) + G^C(A^T)
-        m_spatial = h * w * torch.softmax(flat(g_spatial) / self.temperature, dim=1)
-        m_channel = c * torch.softmax(g_channel / self.temperature, dim=1)
+        m_spatial = attention_mask(flat(g_spatial), self.temperature)
+        m_channel = attention_mask(g_channel, self.temperature)
         return m_spatial.view(b, 1, h, w), m_channel.view(b, c, 1, 1)
 
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch) -> Tensor:

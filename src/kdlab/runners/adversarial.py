@@ -23,7 +23,6 @@ one run whose config holds the pretraining summary (D's held-out accuracy).
 from __future__ import annotations
 
 import copy
-import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -31,7 +30,7 @@ import torch
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 from torch import nn
 
-from kdlab.api import RunResult, fit_model
+from kdlab.api import RunResult, error_text, fit_model
 from kdlab.data.base import ArrayDataset, DataSplits
 from kdlab.engine import Engine
 from kdlab.errors import ConfigError
@@ -189,8 +188,7 @@ def record_failed_run(
         experiment=fit_kwargs.get("experiment", "adhoc"), name=fit_kwargs["name"],
         role=fit_kwargs["role"], seed=seed, config=config,
     )  # fmt: skip
-    error = "".join(traceback.format_exception_only(err)).strip()
-    store.fail_run(run_id, f"discriminator pretraining failed: {error}")
+    store.fail_run(run_id, f"discriminator pretraining failed: {error_text(err)}")
 
 
 def adversarial_distill(
