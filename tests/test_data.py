@@ -21,13 +21,13 @@ from kdlab.data import (
     TensorBatcher,
     available_sources,
     load_dataset,
-    sources,
+    source,
 )
 from kdlab.data import notmnist as notmnist_reader
 from kdlab.data.idx import read_idx
 from kdlab.errors import DataError
 
-REAL_SYSTEM_DIRS = dict(sources.SYSTEM_DIRS)
+REAL_SYSTEM_DIRS = dict(source.SYSTEM_DIRS)
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -36,7 +36,7 @@ def _isolated_locations(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -
     """Keep the developer's own ~/.kdlab, $KDLAB_DATA and system datasets out of every test."""
     monkeypatch.delenv("KDLAB_DATA", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
-    monkeypatch.setattr(sources, "SYSTEM_DIRS", {})
+    monkeypatch.setattr(source, "SYSTEM_DIRS", {})
 
 
 # ---------------------------------------------------------------- writers of the real formats
@@ -181,7 +181,7 @@ def test_idx_image_and_label_counts_must_agree(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="package dataset-fashion-mnist not installed")
 def test_real_fashion_mnist_from_system_package(monkeypatch) -> None:
-    monkeypatch.setattr(sources, "SYSTEM_DIRS", REAL_SYSTEM_DIRS)
+    monkeypatch.setattr(source, "SYSTEM_DIRS", REAL_SYSTEM_DIRS)
     load_dataset("digits")  # warm up imports so only the reading is timed
     start = time.perf_counter()
     s = load_dataset("fashion-mnist", val_fraction=0.0)
@@ -353,7 +353,7 @@ def test_missing_dataset_lists_places_and_how_to_get_it(tmp_path: Path, monkeypa
         assert f"  {place}" in msg
     assert "https://ossci-datasets.s3.amazonaws.com/mnist/" in msg
     assert "t10k-labels-idx1-ubyte.gz" in msg
-    monkeypatch.setattr(sources, "SYSTEM_DIRS", {"fashion-mnist": (tmp_path / "sys",)})
+    monkeypatch.setattr(source, "SYSTEM_DIRS", {"fashion-mnist": (tmp_path / "sys",)})
     with pytest.raises(DataError, match=r"(?s)sys.*apt-get install dataset-fashion-mnist"):
         load_dataset("fashion-mnist")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kdlab.config import load_config
-from kdlab.data.sources import SYSTEM_DIRS
+from kdlab.data.source import SYSTEM_DIRS
 from kdlab.experiment import run_experiment
 from kdlab.quickstart import FEW_LABELS, run_quickstart
 from kdlab.report import gain

@@ -286,7 +286,7 @@ def datasets(
     root: Annotated[Path | None, typer.Option(help="Extra folder to look in.")] = None,
 ) -> None:
     """List dataset sources and whether their files are found on this machine."""
-    from kdlab.data.sources import SOURCES, locate
+    from kdlab.data import SOURCES, locate
 
     table = Table()
     table.add_column("source")

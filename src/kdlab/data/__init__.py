@@ -5,14 +5,19 @@ downloaded) and returns ``DataSplits``; ``TensorBatcher`` iterates over a split 
 """
 
 from kdlab.data.base import ArrayDataset, DataSplits, TensorBatcher, split_indices
-from kdlab.data.sources import SPLIT_SEED, available_sources, load_dataset
+from kdlab.data.load import SPLIT_SEED, load_dataset
+from kdlab.data.source import locate
+from kdlab.data.sources import SOURCES, available_sources, get_source
 
 __all__ = [
+    "SOURCES",
     "SPLIT_SEED",
     "ArrayDataset",
     "DataSplits",
     "TensorBatcher",
     "available_sources",
+    "get_source",
     "load_dataset",
+    "locate",
     "split_indices",
 ]

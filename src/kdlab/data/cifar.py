@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from kdlab.data.source import RawData, Source
 from kdlab.errors import DataError
 
 CIFAR10_FOLDER = "cifar-10-batches-py"
@@ -132,3 +133,32 @@ def load_cifar100_dir(
     # Without the meta file the 100 names are unknown; fall back to the label numbers.
     names = _names(directory / CIFAR100_META, b"fine_label_names") or [str(i) for i in range(100)]
     return x_train, y_train, x_test, y_test, names
+
+
+def _read_cifar10(directory: Path | None, strict: bool) -> RawData:
+    assert directory is not None
+    return RawData(*load_cifar10_dir(directory))
+
+
+def _read_cifar100(directory: Path | None, strict: bool) -> RawData:
+    assert directory is not None
+    return RawData(*load_cifar100_dir(directory))
+
+
+SOURCES = (
+    Source(
+        "cifar10",
+        _read_cifar10,
+        lambda d: find_cifar_dir(d, CIFAR10_FOLDER, CIFAR10_TRAIN[0]),
+        "download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and extract it into "
+        "{target} (giving {target}/cifar-10-batches-py/data_batch_1..5, test_batch, "
+        "batches.meta)",
+    ),
+    Source(
+        "cifar100",
+        _read_cifar100,
+        lambda d: find_cifar_dir(d, CIFAR100_FOLDER, CIFAR100_TRAIN),
+        "download https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz and extract it "
+        "into {target} (giving {target}/cifar-100-python/train, test, meta)",
+    ),
+)

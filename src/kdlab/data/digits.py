@@ -5,7 +5,11 @@ The data ships inside scikit-learn, so this source needs no files and no downloa
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+from kdlab.data.source import RawData, Source
 
 DIGITS_MAX = 16.0  # pixel values are counts of set pixels in 4×4 blocks: 0..16
 CLASS_NAMES = [str(d) for d in range(10)]
@@ -18,3 +22,11 @@ def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     bunch = load_digits()
     x = (bunch.images.astype(np.float32) / np.float32(DIGITS_MAX))[:, None]
     return x, bunch.target.astype(np.int64)
+
+
+def _read(directory: Path | None, strict: bool) -> RawData:
+    x, y = load_digits_arrays()
+    return RawData(x, y, None, None, CLASS_NAMES)
+
+
+SOURCES = (Source("digits", _read, None, "bundled with scikit-learn", default_test=500),)

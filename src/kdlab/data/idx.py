@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kdlab.data.source import RawData, Source
 from kdlab.errors import DataError
 
 # Type codes from the IDX specification; kdlab only decodes unsigned bytes (all MNIST-like sets).
@@ -141,3 +142,39 @@ def load_idx_dir(directory: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
         arrays += [images[:, None], labels.astype(np.int64)]
     x_train, y_train, x_test, y_test = arrays
     return x_train, y_train, x_test, y_test
+
+
+def _idx_source(name: str, class_names: list[str], how: str) -> Source:
+    def read(directory: Path | None, strict: bool) -> RawData:
+        assert directory is not None
+        return RawData(*load_idx_dir(directory), class_names=class_names)
+
+    def find(directory: Path) -> Path | None:
+        found = find_idx_file(directory, *TRAIN_IMAGES)
+        return directory if found is not None else None
+
+    files = ", ".join(f"{stem}-idx{n}-ubyte.gz" for stem, n in IDX_FILES)
+    how = how.format(files=files, target="{target}")
+    return Source(name, read, find, how + " (gzip or uncompressed, either name style)")
+
+
+SOURCES = (
+    _idx_source(
+        "mnist",
+        MNIST_NAMES,
+        "download {files} from https://ossci-datasets.s3.amazonaws.com/mnist/ (a mirror of "
+        "https://yann.lecun.com/exdb/mnist/) into {target}",
+    ),
+    _idx_source(
+        "fashion-mnist",
+        FASHION_NAMES,
+        "run `apt-get install dataset-fashion-mnist` (installs the files into "
+        "/usr/share/datasets/fashion-mnist/), or download {files} from "
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/ into {target}",
+    ),
+    _idx_source(
+        "kmnist",
+        KMNIST_NAMES,
+        "download {files} from http://codh.rois.ac.jp/kmnist/dataset/kmnist/ into {target}",
+    ),
+)

@@ -20,11 +20,13 @@ by its strength, into its own randomly chosen patch, on top of uniform noise in 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from kdlab.data.source import RawData, Source
 from kdlab.errors import ConfigError
 
 CLASS_NAMES = ["first class (v1, v2)", "second class (v3, v4)"]
@@ -90,5 +92,16 @@ def view_accuracy(
             if (data.view == v).any()}  # fmt: skip
 
 
-__all__ = ["CLASS_NAMES", "VIEWS", "MultiViewData", "feature_strengths", "make_multiview",
-           "view_accuracy"]  # fmt: skip
+#: Sizes and generator seeds of the bundled data (fixed: every run sees the same data).
+TRAIN_SET, TEST_SET = (2000, 1), (2000, 2)
+
+
+def _read(directory: Path | None, strict: bool) -> RawData:
+    train, test = (make_multiview(n, s) for n, s in (TRAIN_SET, TEST_SET))
+    return RawData(train.x, train.y, test.x, test.y, CLASS_NAMES)
+
+
+SOURCES = (Source("multiview", _read, None, "generated (seed 001 §9, kdlab.data.multiview)"),)
+
+__all__ = ["CLASS_NAMES", "SOURCES", "VIEWS", "MultiViewData", "feature_strengths",
+           "make_multiview", "view_accuracy"]  # fmt: skip

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kdlab.data.source import RawData, Source
 from kdlab.errors import DataError
 
 CLASS_NAMES = list("ABCDEFGHIJ")
@@ -86,3 +87,22 @@ def load_notmnist_dir(directory: Path, *, strict: bool = False) -> tuple[np.ndar
         )
     x = np.stack(images)[:, None]
     return x, np.asarray(labels, dtype=np.int64)
+
+
+def _read(directory: Path | None, strict: bool) -> RawData:
+    assert directory is not None
+    x, y = load_notmnist_dir(directory, strict=strict)
+    return RawData(x, y, None, None, CLASS_NAMES)
+
+
+SOURCES = (
+    Source(
+        "notmnist",
+        _read,
+        find_notmnist_dir,
+        "download http://yaroslavvb.com/upload/notMNIST/notMNIST_small.tar.gz and extract it "
+        "into {target} (giving {target}/notMNIST_small/A..J/*.png), or put the letter "
+        "folders A..J of PNG images directly there",
+        default_test=0.1,
+    ),
+)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kdlab.data.source import RawData, Source
 from kdlab.errors import DataError
 
 TRAIN_FILE = "train_32x32.mat"
@@ -60,3 +61,23 @@ def load_svhn_dir(directory: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     x_train, y_train = read_svhn_mat(paths[0])
     x_test, y_test = read_svhn_mat(paths[1])
     return x_train, y_train, x_test, y_test
+
+
+def _read(directory: Path | None, strict: bool) -> RawData:
+    assert directory is not None
+    return RawData(*load_svhn_dir(directory), class_names=CLASS_NAMES)
+
+
+def _find(directory: Path) -> Path | None:
+    return directory if (directory / TRAIN_FILE).is_file() else None
+
+
+SOURCES = (
+    Source(
+        "svhn",
+        _read,
+        _find,
+        f"download {TRAIN_FILE} and {TEST_FILE} from "
+        "http://ufldl.stanford.edu/housenumbers/ into {target}",
+    ),
+)

@@ -1,0 +1,79 @@
+"""What a dataset source declares, and where its files are looked for.
+
+Kept apart from the registry (``kdlab.data.sources``) so that every reader module can declare
+its own sources next to its reader without importing the registry that lists it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kdlab.errors import DataError
+
+ENV_VAR = "KDLAB_DATA"
+# Folders that system packages install datasets into, tried after the user's own folders.
+SYSTEM_DIRS: dict[str, tuple[Path, ...]] = {
+    "fashion-mnist": (Path("/usr/share/datasets/fashion-mnist"),),
+}
+
+
+@dataclass
+class RawData:
+    """What a reader returns: uint8 images (or floats already in [0, 1]) and int64 labels."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray | None  # None: no official test split, one is carved from the data
+    y_test: np.ndarray | None
+    class_names: list[str]
+
+
+@dataclass(frozen=True)
+class Source:
+    """One dataset ``load_dataset`` accepts: how to find its files, read them and get them."""
+
+    name: str
+    read: Callable[[Path | None, bool], RawData]  # (folder found, strict) → data
+    find: Callable[[Path], Path | None] | None  # folder → data folder in it; None: bundled
+    how_to_get: str  # "{target}" is replaced with the folder suggested to the user
+    default_test: int | float | None = None  # carved test size (int) or fraction (float)
+
+
+def search_dirs(name: str, root: str | Path | None = None) -> list[tuple[Path | None, str]]:
+    """The folders searched for ``name``, in order, each with how to describe it in messages."""
+    dirs: list[tuple[Path | None, str]] = []
+    if root is not None:
+        root = Path(root).expanduser()
+        dirs += [(root / name, str(root / name)), (root, str(root))]
+    env = os.environ.get(ENV_VAR)
+    if env:
+        dirs.append((Path(env).expanduser() / name, f"{Path(env) / name} (${ENV_VAR})"))
+    else:
+        dirs.append((None, f"${ENV_VAR}/{name} (${ENV_VAR} is not set)"))
+    home = Path.home() / ".kdlab" / "data" / name
+    dirs.append((home, str(home)))
+    dirs += [(d, str(d)) for d in SYSTEM_DIRS.get(name, ())]
+    return dirs
+
+
+def locate(source: Source, root: str | Path | None = None) -> Path:
+    """The folder holding ``source``'s files, or a DataError listing where it looked."""
+    assert source.find is not None
+    dirs = search_dirs(source.name, root)
+    for directory, _ in dirs:
+        if directory is not None and directory.is_dir():
+            found = source.find(directory)
+            if found is not None:
+                return found
+    # Suggest the first folder the user controls: root/<name>, else $KDLAB_DATA or ~/.kdlab.
+    target = next(str(d) for d, _ in dirs if d is not None)
+    looked = "\n".join(f"  {label}" for _, label in dirs)
+    raise DataError(
+        f"dataset {source.name!r} not found. Looked in:\n{looked}\n"
+        f"To get it: {source.how_to_get.format(target=target)}"
+    )
