@@ -29,7 +29,7 @@ from kdlab.engine import Engine
 from kdlab.errors import DataError
 from kdlab.losses import CrossEntropy, Objective, hinton_loss
 from kdlab.models import MLP
-from kdlab.schemes import OfflineScheme
+from kdlab.schemes.offline import OfflineScheme
 from kdlab.settings import OptimizerSettings, TrainSettings
 
 T, BETA = 4.0, 0.9

@@ -20,6 +20,7 @@ from kdlab.api import train
 from kdlab.config import parse_config
 from kdlab.data.base import ArrayDataset, DataSplits
 from kdlab.errors import ConfigError, NonFiniteLossError
+from kdlab.inference import predict_logits
 from kdlab.losses import CrossEntropy, Objective, SoftTarget
 from kdlab.losses.adversarial import (
     clip_weights,
@@ -30,15 +31,22 @@ from kdlab.losses.adversarial import (
     wgan_critic_loss,
     wgan_generator_loss,
 )
-from kdlab.losses.base import LossOutput
 from kdlab.models import MLP
-from kdlab.models.discriminator import LogitDiscriminator
-from kdlab.runners.adversarial import adversarial_distill, parse_options
-from kdlab.schemes.adversarial import AdversarialScheme, pretrain_discriminator
-from kdlab.schemes.base import predict_logits
-from kdlab.settings import TrainSettings
+from kdlab.models.discriminator import LogitDiscriminator, build_discriminator
+from kdlab.runs import Recorder, RunInfo
+from kdlab.schemes.adversarial import (
+    AdversarialOptions,
+    AdversarialScheme,
+    fit_adversarial,
+)
+from kdlab.schemes.discriminator import (
+    DiscriminatorPretraining,
+    holdout_accuracy,
+    pretrain_discriminator,
+)
+from kdlab.settings import TrainSettings, parse_options
 from kdlab.store import RunStore
-from kdlab.types import Batch
+from kdlab.types import Batch, LossOutput
 
 EXAMPLES = sorted(Path(__file__).parents[1].glob("examples/*adversarial_*.yaml"))
 SIG = torch.sigmoid
@@ -169,8 +177,8 @@ def test_each_loss_reaches_only_its_own_model(options: dict) -> None:
     d = LogitDiscriminator(3, hidden=[8], norm="layer" if options.get("lipschitz") else "none")
     objective = Objective([CrossEntropy(weight=0.5)])
     mode = options.pop("mode")
-    scheme = AdversarialScheme(student, teacher, d, objective, mode=mode, adversarial_weight=0.7,
-                               **options)  # fmt: skip
+    scheme = AdversarialScheme(student, teacher, d, objective,
+                               {"mode": mode, "adversarial_weight": 0.7, **options})  # fmt: skip
     data = blobs(16, 0)
     batch = Batch(data.x, data.y)
     scheme.prepare(batch)
@@ -204,8 +212,8 @@ def test_each_loss_reaches_only_its_own_model(options: dict) -> None:
 
 def test_student_step_uses_the_updated_discriminator_and_logs_its_estimates() -> None:
     student, teacher, d = tiny(1), tiny(2, hidden=32), LogitDiscriminator(3, hidden=[8])
-    scheme = AdversarialScheme(student, teacher, d, Objective([CrossEntropy()]), mode="wgan",
-                               lipschitz="clip", clip_value=0.5)  # fmt: skip
+    scheme = AdversarialScheme(student, teacher, d, Objective([CrossEntropy()]),
+                               {"mode": "wgan", "lipschitz": "clip", "clip_value": 0.5})
     data = blobs(16, 1)
     batch = Batch(data.x, data.y)
     scheme.prepare(batch)
@@ -236,8 +244,8 @@ def test_fresh_critic_batches_give_each_d_step_new_data_and_the_student_every_kt
     """WGAN's loop: d_steps = 3 → D updates on every batch, the student on every third, and each
     D step scores the logits of its own batch."""
     student, teacher, d = tiny(1), tiny(2, hidden=32), LogitDiscriminator(3, hidden=[8])
-    scheme = AdversarialScheme(student, teacher, d, Objective([CrossEntropy()]), mode="wgan",
-                               d_steps=3, critic_batches="fresh")  # fmt: skip
+    scheme = AdversarialScheme(student, teacher, d, Objective([CrossEntropy()]),
+                               {"mode": "wgan", "d_steps": 3, "critic_batches": "fresh"})
     batches = [Batch(data.x, data.y) for data in (blobs(8, s) for s in range(6))]
     scheme.prepare(batches[0])
     scheme.set_mode(True)
@@ -269,8 +277,9 @@ def test_fresh_critic_batches_give_each_d_step_new_data_and_the_student_every_kt
 def test_weight_clipping_keeps_every_parameter_in_bound_after_each_step() -> None:
     student, teacher = tiny(1), tiny(2, hidden=32)
     d = LogitDiscriminator(3, hidden=[8, 8])
-    scheme = AdversarialScheme(student, teacher, d, Objective([CrossEntropy()]), mode="wgan",
-                               lipschitz="clip", clip_value=0.01, d_steps=3)  # fmt: skip
+    scheme = AdversarialScheme(student, teacher, d, Objective([CrossEntropy()]),
+                               {"mode": "wgan", "lipschitz": "clip", "clip_value": 0.01,
+                                "d_steps": 3})  # fmt: skip
     data = blobs(64, 2)
     scheme.prepare(Batch(data.x[:2], data.y[:2]))
     scheme.set_mode(True)
@@ -312,11 +321,10 @@ def test_pretrained_discriminator_separates_teacher_from_random_logits() -> None
     teacher_state = copy.deepcopy(teacher.state_dict())
     generator = tiny(5)  # a random, untrained student
     d = LogitDiscriminator(3, hidden=[16, 16])
-    from kdlab.schemes.adversarial import holdout_accuracy
-
     before = holdout_accuracy(d, teacher, generator, holdout)
     settings = TrainSettings(epochs=15, batch_size=32, threads=1, optimizer={"lr": 3e-3})
-    summary = pretrain_discriminator(d, teacher, generator, train_set, settings, holdout=holdout)
+    pretraining = DiscriminatorPretraining(d, teacher, generator)
+    summary = pretrain_discriminator(pretraining, train_set, settings, holdout=holdout)
     assert summary["holdout_accuracy"] >= 0.9 > before + 0.2  # chance is 0.5
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in teacher_state.items())
     assert all(p.grad is None for p in teacher.parameters())
@@ -345,11 +353,12 @@ def test_gan_kd_on_digits_raises_agreement_with_the_teacher(
         epochs=8, threads=1, optimizer={"lr": 3e-3},
         optimizers={"discriminator": {"lr": 3e-4, "betas": (0.5, 0.999)}},
     )  # fmt: skip
-    run = adversarial_distill(
-        digits_teacher, student, digits,
-        {"mode": "gan", "adversarial_weight": 0.3, "discriminator": {"conditional": True}},
-        settings=settings, progress=False, callbacks=[track],
-    )  # fmt: skip
+    options = {"mode": "gan", "adversarial_weight": 0.3, "discriminator": {"conditional": True}}
+    opts = AdversarialOptions.model_validate(options)  # D as adversarial_distill builds it
+    d = build_discriminator(10, 0, opts.discriminator)
+    scheme = AdversarialScheme(student, digits_teacher, d, Objective([CrossEntropy()]), opts)
+    run = fit_adversarial(scheme, digits, settings, RunInfo("distilled"),
+                          Recorder(progress=False), callbacks=[track])  # fmt: skip
     assert len(agreement) == 8
     assert agreement[-1] > agreement[0] + 0.15 and agreement[-1] > 0.8
     assert run.metrics["agreement"] > 0.8
@@ -368,11 +377,13 @@ def test_pretrained_run_trains_d_first_then_keeps_it_frozen(
     states: list[dict] = []
     settings = TrainSettings(epochs=3, threads=1, optimizer={"lr": 3e-3},
                              optimizers={"discriminator": {"lr": 1e-3}})  # fmt: skip
-    run = adversarial_distill(
-        digits_teacher, student, digits,
+    scheme = AdversarialScheme(
+        student, digits_teacher, d, Objective([CrossEntropy(), SoftTarget(weight=0.5)]),
         {"mode": "pretrained", "pretrain_epochs": 3, "early_epochs": 1},
-        loss=[{"type": "ce"}, SoftTarget(weight=0.5)], settings=settings, discriminator=d,
-        progress=False, callbacks=[lambda row: states.append(copy.deepcopy(d.state_dict()))],
+    )  # fmt: skip
+    run = fit_adversarial(
+        scheme, digits, settings, RunInfo("distilled"), Recorder(progress=False),
+        callbacks=[lambda row: states.append(copy.deepcopy(d.state_dict()))],
     )  # fmt: skip
     assert not all(torch.equal(initial[k], states[0][k]) for k in initial)  # D was pretrained
     assert all(torch.equal(s[k], states[0][k]) for s in states for k in s)  # then frozen
@@ -397,12 +408,13 @@ def test_a_pretraining_failure_is_recorded_as_a_failed_run(
     store = RunStore(tmp_path / "store")
     settings = TrainSettings(epochs=2, threads=1)
     with pytest.raises(NonFiniteLossError):
-        adversarial_distill(
-            digits_teacher, MLP(64, [16]), digits,
+        scheme = AdversarialScheme(
+            MLP(64, [16]), digits_teacher, NaNAfterOneStep(10, hidden=[8]),
+            Objective([CrossEntropy()]),
             {"mode": "pretrained", "fake_student": "init", "pretrain_epochs": 2},
-            settings=settings, discriminator=NaNAfterOneStep(10, hidden=[8]), store=store,
-            experiment="adv", progress=False,
         )  # fmt: skip
+        fit_adversarial(scheme, digits, settings, RunInfo("distilled"),
+                        Recorder(store, "adv", progress=False))  # fmt: skip
     (run,) = store.list_runs()
     assert (run.experiment, run.role, run.status) == ("adv", "distilled", "failed")
     assert run.error.startswith("discriminator pretraining failed: kdlab.errors.NonFiniteLossError")
@@ -435,20 +447,20 @@ def test_gradient_penalty_with_batch_norm_is_rejected() -> None:
         parse_config(experiment(bad))
     d = LogitDiscriminator(3, norm="batch")  # the Python path checks the module itself
     with pytest.raises(ConfigError, match="BatchNorm"):
-        AdversarialScheme(tiny(1), tiny(2), d, Objective([CrossEntropy()]), mode="wgan",
-                          lipschitz="gp")  # fmt: skip
+        AdversarialScheme(tiny(1), tiny(2), d, Objective([CrossEntropy()]),
+                          {"mode": "wgan", "lipschitz": "gp"})
 
 
 @pytest.mark.parametrize("key", ["adversarial_weight", "discriminator_weight", "gp_weight"])
 def test_a_negative_weight_is_rejected(key: str) -> None:
     options = {"mode": "wgan", "lipschitz": "gp", key: -0.5}
-    with pytest.raises(ConfigError, match=rf"{key}.*greater than or equal to 0"):
+    with pytest.raises(ConfigError, match=rf"{key} must be a finite number ≥ 0, got -0.5"):
         parse_config(experiment(options))
-    with pytest.raises(ConfigError, match=rf"{key}.*greater than or equal to 0"):
-        parse_options(options)
+    with pytest.raises(ConfigError, match=rf"{key} must be a finite number ≥ 0, got -0.5"):
+        parse_options(AdversarialOptions, options, "adversarial options are invalid")
     with pytest.raises(ConfigError, match=rf"{key} must be a finite number ≥ 0, got -0.5"):
         AdversarialScheme(tiny(1), tiny(2), LogitDiscriminator(3), Objective([CrossEntropy()]),
-                          mode="wgan", lipschitz="gp", **{key: -0.5})  # fmt: skip
+                          options)  # fmt: skip
 
 
 @pytest.mark.parametrize(

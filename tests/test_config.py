@@ -15,11 +15,11 @@ import torch
 import yaml
 
 from kdlab import checkpoint as ckpt
-from kdlab.api import check_num_classes
 from kdlab.config import ExperimentConfig, load_config, parse_config
 from kdlab.errors import ConfigError
 from kdlab.experiment import run_experiment
 from kdlab.models import MLP
+from kdlab.runs import check_num_classes
 from kdlab.store import RunStore
 
 
@@ -87,7 +87,7 @@ def config_error(data) -> str:
                 "at distill.loss:",
                 "term 1",
                 "unknown loss 'soft_targt'",
-                "did you mean soft_target",
+                "did you mean 'soft_target'",
                 Listed("valid losses: ", ("ce", "logit_mse", "soft_ce", "soft_target")),
             ],
             id="loss-type",

@@ -20,7 +20,7 @@ from kdlab.data.base import ArrayDataset
 from kdlab.engine import Engine, make_scheduler
 from kdlab.errors import NonFiniteLossError
 from kdlab.losses import CrossEntropy, Objective, SoftTarget, Term
-from kdlab.schemes import OfflineScheme
+from kdlab.schemes.offline import OfflineScheme
 from kdlab.settings import ScheduleSettings, TrainSettings
 from kdlab.types import Batch, ModelOutput
 

@@ -21,7 +21,7 @@ from kdlab.losses import CrossEntropy, Objective, SoftTarget
 from kdlab.metrics import accuracy, nll
 from kdlab.models import MLP, build_model
 from kdlab.models.ensemble import EnsembleTeacher
-from kdlab.schemes import OfflineScheme
+from kdlab.schemes.offline import OfflineScheme
 from kdlab.settings import TrainSettings
 from kdlab.store import RunStore
 from kdlab.types import Batch, ModelOutput

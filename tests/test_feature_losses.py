@@ -34,7 +34,7 @@ from kdlab.losses import (
 )
 from kdlab.losses.connectors import Resize, build_connector
 from kdlab.models import SmallCNN
-from kdlab.schemes import OfflineScheme
+from kdlab.schemes.offline import OfflineScheme
 from kdlab.settings import TrainSettings
 from kdlab.store import RunStore
 from kdlab.types import Batch

@@ -26,8 +26,8 @@ from kdlab.losses import (
     RKDDistance,
     SimilarityPreserving,
     build_term,
+    check_batch_sizes,
 )
-from kdlab.stages import check_batch_sizes
 
 
 def huber(x: float, y: float) -> float:

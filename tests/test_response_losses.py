@@ -475,7 +475,7 @@ def test_unknown_loss_type_lists_valid_and_suggests():
         build_term({"type": "soft_targt", "temperature": 4})
     msg = str(info.value)
     assert "unknown loss 'soft_targt'" in msg
-    assert "did you mean soft_target" in msg
+    assert "did you mean 'soft_target'" in msg
     listed = msg.split("valid losses: ")[1].split(", ")
     assert {"ce", "logit_mse", "soft_ce", "soft_target"} <= set(listed)
     with pytest.raises(ConfigError, match=r"valid losses: .*soft_target"):

@@ -20,7 +20,8 @@ from kdlab import checkpoint as ckpt
 from kdlab import cli
 from kdlab.config import parse_config
 from kdlab.errors import ConfigError, StoreError
-from kdlab.experiment import config_fingerprint, run_experiment
+from kdlab.experiment import run_experiment
+from kdlab.resume import config_fingerprint
 from kdlab.store import RunStore
 from kdlab.store_schema import SCHEMA_VERSION
 

@@ -1,5 +1,5 @@
 """Distillation schemes beyond offline: deep mutual learning, born-again generations and
-teacher-assistant chains (kdlab.schemes.mutual, kdlab.runners.{mutual,born_again,assistant}).
+teacher-assistant chains (kdlab.schemes.{mutual,born_again,assistant}).
 
 Models are tiny MLPs on digits (or an 8-feature blob problem) with one thread, so whole runs take
 well under a second and the tests can compare parameters, targets and metrics exactly.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -27,11 +28,11 @@ from kdlab.experiment import run_experiment
 from kdlab.losses import TERMS, CrossEntropy, Objective, SoftTarget, Term, register_term
 from kdlab.metrics import accuracy, agreement, nll
 from kdlab.models import MLP, build_model
-from kdlab.runners import mutual as mutual_runner
-from kdlab.runners.assistant import assistant_chain
-from kdlab.runners.born_again import born_again
-from kdlab.runners.mutual import mutual_learning
-from kdlab.schemes.mutual import MutualScheme
+from kdlab.runs import Recorder
+from kdlab.schemes import mutual as mutual_scheme
+from kdlab.schemes.assistant import assistant_chain
+from kdlab.schemes.born_again import BornAgainOptions, born_again
+from kdlab.schemes.mutual import MutualScheme, mutual_learning
 from kdlab.settings import TrainSettings
 from kdlab.store import RunStore
 from kdlab.types import Batch, ModelOutput
@@ -169,7 +170,8 @@ def test_mutual_learning_records_every_peer(digits: DataSplits, tmp_path: Path) 
     torch.manual_seed(0)
     peers = [MLP(64, [16]), MLP(64, [32])]
     with RunStore(tmp_path) as store:
-        runs = mutual_learning(peers, digits, settings=settings(), store=store, progress=False)
+        runs = mutual_learning(peers, digits, settings=settings(),
+                               recorder=Recorder(store, progress=False))
         records = {r.role: r for r in store.list_runs()}
         histories = {role: store.history(r.id) for role, r in records.items()}
     assert set(records) == {"peer1", "peer2"}
@@ -207,13 +209,13 @@ def test_fewer_than_two_peers_is_rejected() -> None:
 
 def test_yaml_mutual_peers_copy_the_student_or_the_teacher(tmp_path: Path, monkeypatch) -> None:
     starts: list[dict[str, Tensor]] = []  # every peer's weights when mutual learning starts
-    original = mutual_runner.mutual_learning
+    original = mutual_scheme.mutual_learning
 
     def spy(peers, *args, **kwargs):
         starts.extend(snapshot(p) for p in peers)
         return original(peers, *args, **kwargs)
 
-    monkeypatch.setattr(mutual_runner, "mutual_learning", spy)
+    monkeypatch.setattr(mutual_scheme, "mutual_learning", spy)
     tiny = {"epochs": 1, "batch_size": 128, "threads": 1}
     cfg = parse_config({
         "teacher": {"model": {"type": "mlp", "hidden": [24]}, "train": tiny},
@@ -274,8 +276,9 @@ def generations(digits: DataSplits, tmp_path_factory: pytest.TempPathFactory):
     loss = [{"type": "ce", "weight": 0.5}, {"type": "test_spy_targets", "weight": 0.5}]
     try:
         with RunStore(root) as store:
-            runs = born_again(new_student, digits, loss, settings(), generations=2,
-                              train_set=train, store=store, progress=False)  # fmt: skip
+            runs = born_again(new_student, replace(digits, train=train), loss, settings(),
+                              BornAgainOptions(generations=2),
+                              recorder=Recorder(store, progress=False))  # fmt: skip
             records = {r.role: r for r in store.list_runs()}
     finally:
         TERMS.pop(SpyTargets.kind)
@@ -345,7 +348,7 @@ def test_assistant_chain_each_link_learns_from_the_previous(digits: DataSplits) 
     teacher, assistant, student = MLP(64, [32]), MLP(64, [16]), MLP(64, [4])
     loss = [CrossEntropy(weight=0.5), SoftTarget(weight=0.5, temperature=2.0)]
     runs = assistant_chain(teacher, [assistant, student], digits, Objective(loss),
-                           settings(epochs=1), progress=False)  # fmt: skip
+                           settings(epochs=1), recorder=Recorder(progress=False))  # fmt: skip
     assert [r.role for r in runs] == ["assistant1", "distilled"]
     assert runs[0].model is assistant and runs[1].model is student
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Tests of multi-stage training (kdlab.stages, kdlab.freeze) and the FitNets recipe on it.
+"""Tests of multi-stage training (kdlab.schemes.offline, kdlab.freeze) and the FitNets recipe on it.
 
 FitNets (seed 004): stage 1 trains only the student's guided part (and the hint regressor) —
 every other parameter *and buffer* (BatchNorm statistics) of the student must be bit-identical
@@ -23,9 +23,10 @@ from kdlab.experiment import run_experiment
 from kdlab.freeze import hold_frozen_in_eval, train_only
 from kdlab.losses import CrossEntropy, Hint, SoftTarget, Term
 from kdlab.models import SmallCNN
-from kdlab.runners import RUNNERS, Runner
-from kdlab.settings import TrainSettings
-from kdlab.stages import Stage, fit_stages, merge_settings
+from kdlab.runs import Recorder, RunInfo
+from kdlab.schemes.offline import Stage, fit_stages
+from kdlab.schemes.registry import REGISTERED, SchemeSpec
+from kdlab.settings import TrainSettings, merge_settings
 from kdlab.store import RunStore
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -55,6 +56,7 @@ def changed(before: dict, after: dict) -> set[str]:
 
 
 SETTINGS = TrainSettings(epochs=2, batch_size=16, threads=1)
+QUIET = Recorder(progress=False)
 
 
 def test_fitnets_stage1_trains_only_the_guided_part_then_stage2_trains_everything() -> None:
@@ -73,7 +75,7 @@ def test_fitnets_stage1_trains_only_the_guided_part_then_stage2_trains_everythin
     hint.prepare = spy  # type: ignore[method-assign]
     start = snapshot(student)
     stage1 = Stage([hint], SETTINGS, ["features.0"], "hint")
-    fit_stages(student, data, [stage1], teacher=teacher, progress=False)
+    fit_stages(student, data, [stage1], teacher, recorder=QUIET)
     after1 = snapshot(student)
     guided = {k for k in start if k.startswith("features.0.")}
     assert changed(start, after1) == guided  # weights and BatchNorm statistics of the guided part
@@ -82,7 +84,7 @@ def test_fitnets_stage1_trains_only_the_guided_part_then_stage2_trains_everythin
     assert all(p.requires_grad for p in student.parameters())  # unfrozen afterwards
 
     stage2 = Stage([CrossEntropy(weight=0.1), SoftTarget(weight=0.9, temperature=4.0)], SETTINGS)
-    fit_stages(student, data, [stage2], teacher=teacher, progress=False)
+    fit_stages(student, data, [stage2], teacher, recorder=QUIET)
     after2 = snapshot(student)
     trainable = {k for k, p in student.named_parameters()}
     assert trainable <= changed(after1, after2)  # every parameter of the whole student moved
@@ -97,8 +99,8 @@ def test_stages_are_runs_in_the_store_and_export_a_plain_student(tmp_path: Path)
               SETTINGS.model_copy(update={"epochs": 1}), "all", "kd"),
     ]  # fmt: skip
     with RunStore(tmp_path) as store:
-        runs = fit_stages(student, toy_data(), stages, teacher=teacher, store=store,
-                          name="fitnets s0", progress=False)  # fmt: skip
+        runs = fit_stages(student, toy_data(), stages, teacher, RunInfo("distilled", "fitnets s0"),
+                          Recorder(store, progress=False))  # fmt: skip
         records = [store.get_run(r.run_id) for r in runs]
         histories = [store.history(r.run_id) for r in runs]
     assert [r.role for r in records] == ["distilled-stage1", "distilled"]
@@ -126,7 +128,7 @@ def test_trainable_parts_are_restored_even_when_a_stage_fails() -> None:
 
     _, student = models()
     with pytest.raises(RuntimeError, match="boom"):
-        fit_stages(student, toy_data(), [Stage([Boom()], SETTINGS, ["head"])], progress=False)
+        fit_stages(student, toy_data(), [Stage([Boom()], SETTINGS, ["head"])], recorder=QUIET)
     assert all(p.requires_grad for p in student.parameters())
 
 
@@ -208,7 +210,7 @@ def test_bad_stages_configs_name_the_problem(distill, message) -> None:
 
 
 def test_stages_need_the_offline_scheme(monkeypatch) -> None:
-    monkeypatch.setitem(RUNNERS, "other_test", Runner("other_test", lambda ctx: []))
+    monkeypatch.setitem(REGISTERED, "other_test", SchemeSpec("other_test", lambda ctx: []))
     assert "implemented by scheme 'offline' only" in error_of(
         {"scheme": "other_test", "stages": STAGES}
     )

@@ -17,7 +17,7 @@ from kdlab.data.base import ArrayDataset, DataSplits
 from kdlab.errors import ConfigError
 from kdlab.losses import Hint, Objective
 from kdlab.models import MLP, SmallCNN
-from kdlab.schemes import OfflineScheme
+from kdlab.schemes.offline import OfflineScheme
 from kdlab.settings import TrainSettings
 from kdlab.taps import capture, resolve_modules
 from kdlab.types import Batch

@@ -8,8 +8,8 @@ from torch import nn
 from kdlab.api import fit_model
 from kdlab.losses import Objective, hinton_loss
 from kdlab.models import MLP
-from kdlab.schemes import OfflineScheme
 from kdlab.schemes.cache import TeacherCache
+from kdlab.schemes.offline import OfflineScheme
 from kdlab.settings import TrainSettings
 from kdlab.types import Batch
 

@@ -19,7 +19,7 @@ from kdlab.api import fit_model
 from kdlab.errors import ConfigError
 from kdlab.losses import AttentionFeature, GlobalRelation, Objective, build_term
 from kdlab.losses.global_relation import NonLocalBlock
-from kdlab.schemes import OfflineScheme
+from kdlab.schemes.offline import OfflineScheme
 from kdlab.settings import TrainSettings
 from kdlab.store import RunStore
 from kdlab.types import Batch

@@ -225,7 +225,7 @@ def latest_per_role_and_seed(records: list[Any]) -> list[Any]:
 
 def summary_notes(experiment: str, records: list[Any], latest: list[Any]) -> list[str]:
     """Warnings that the table hides re-runs or mixes configs under one experiment name."""
-    from kdlab.experiment import run_fingerprint
+    from kdlab.resume import run_fingerprint
 
     notes = []
     if len(latest) < len(records):

@@ -6,7 +6,6 @@ dotted path) and what would be valid there.
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -21,44 +20,46 @@ from pydantic import (
     model_validator,
 )
 
-from kdlab.data.sources import get_source
+from kdlab.data import get_source
 from kdlab.errors import ConfigError
-from kdlab.losses import build_term
-from kdlab.models import resolve_model_class
-from kdlab.runners import get_runner
-from kdlab.settings import Strict, TrainSettings
-from kdlab.stages import StageConfig
-
-DATA_DERIVED = {"in_features", "in_channels", "input_shape", "num_classes"}
+from kdlab.losses import check_loss_specs
+from kdlab.models import check_model_spec
+from kdlab.schemes.registry import get_scheme
+from kdlab.settings import Strict, TrainSettings, format_validation_error, validation_problems
 
 
-def check_model_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """Check a model spec's type and argument names without building it (shapes come later)."""
-    spec = dict(spec)
-    cls = resolve_model_class(spec.get("type", "mlp"))
-    params = inspect.signature(cls.__init__).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        unknown = [k for k in spec if k != "type" and k not in params]
-        if unknown:
-            valid = [p for p in params if p != "self"]
-            raise ValueError(
-                f"model {spec.get('type', 'mlp')!r} has no argument "
-                f"{', '.join(map(repr, unknown))}; valid arguments: {', '.join(valid)}"
-            )
-    return spec
+class StageConfig(Strict):
+    """One entry of ``distill.stages`` (multi-stage training, :mod:`kdlab.schemes.offline`)."""
 
+    #: Shown in run names, e.g. "hint" or "kd".
+    name: str | None = None
+    loss: list[dict[str, Any]]
+    #: Keys overriding the distillation's train settings for this stage (nested mappings merge).
+    train: dict[str, Any] = Field(default_factory=dict)
+    #: The student's module paths whose parameters train in this stage, or "all".
+    trainable: str | list[str] = "all"
 
-def check_loss_specs(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    if not specs:
-        raise ValueError("the loss needs at least one term, e.g. [{type: ce}]")
-    for i, spec in enumerate(specs):
-        if not isinstance(spec, dict):
-            raise ValueError(f"term {i} must be a mapping like {{type: ce, weight: 1}}")
-        try:
-            build_term(spec)
-        except ConfigError as err:
-            raise ValueError(f"term {i}: {err}") from None
-    return specs
+    _loss = field_validator("loss")(
+        classmethod(lambda cls, v: check_loss_specs(v, "a stage's loss"))
+    )
+
+    @field_validator("train")
+    @classmethod
+    def _train(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        TrainSettings.model_validate(overrides)  # unknown keys and bad values fail here already
+        return overrides
+
+    @field_validator("trainable")
+    @classmethod
+    def _paths(cls, paths: str | list[str]) -> str | list[str]:
+        if paths == "all" or (
+            isinstance(paths, list) and paths and all(isinstance(p, str) and p for p in paths)
+        ):
+            return paths
+        raise ValueError(
+            f"trainable must be 'all' or a non-empty list of module paths of the student, "
+            f"e.g. [features.0, features.1]; got {paths!r}"
+        )
 
 
 class DataConfig(Strict):
@@ -164,7 +165,7 @@ class StudentConfig(Strict):
 
 
 class DistillConfig(Strict):
-    #: Who learns from whom: a name in kdlab.runners.RUNNERS (``offline``, ...).
+    #: Who learns from whom: a scheme name (kdlab.schemes.registry: ``offline``, ...).
     scheme: str = "offline"
     #: Scheme-specific settings, validated by the scheme's own options model.
     options: dict[str, Any] = Field(default_factory=dict)
@@ -177,8 +178,8 @@ class DistillConfig(Strict):
     )
     #: Training settings of the distillation run; the student's own settings when unset.
     train: TrainSettings | None = None
-    #: Multi-stage training instead of ``loss`` (kdlab.stages): each stage its own loss terms,
-    #: train overrides and trainable module paths, e.g. FitNets' hint stage then KD.
+    #: Multi-stage training instead of ``loss`` (kdlab.schemes.offline): each stage its own loss
+    #: terms, train overrides and trainable module paths, e.g. FitNets' hint stage then KD.
     stages: list[StageConfig] | None = Field(None, min_length=1)
 
     _loss = field_validator("loss")(
@@ -204,7 +205,7 @@ class DistillConfig(Strict):
     @field_validator("scheme")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
-        get_runner(value)  # raises with the valid schemes
+        get_scheme(value)  # raises with the valid schemes
         return value
 
     @model_validator(mode="after")
@@ -212,10 +213,7 @@ class DistillConfig(Strict):
         try:
             self.parsed_options()  # validates; the dump keeps what the user wrote
         except ValidationError as err:
-            problems = "; ".join(
-                f"{'.'.join(['options', *map(str, e['loc'])])}: {_error_text(e)}"
-                for e in err.errors()
-            )
+            problems = validation_problems(err, prefix=["options"])
             raise ValueError(f"scheme {self.scheme!r}: {problems}") from None
         if self.stages is not None and self.scheme != "offline":
             raise ValueError(
@@ -225,7 +223,7 @@ class DistillConfig(Strict):
         return self
 
     def parsed_options(self) -> BaseModel:
-        return get_runner(self.scheme).options.model_validate(self.options)
+        return get_scheme(self.scheme).options.model_validate(self.options)
 
 
 class MetricsConfig(Strict):
@@ -246,17 +244,18 @@ class ExperimentConfig(Strict):
 
     @model_validator(mode="after")
     def _teacher_if_needed(self) -> ExperimentConfig:
-        if self.teacher is None and get_runner(self.distill.scheme).needs_teacher:
-            raise ValueError(
-                f"scheme {self.distill.scheme!r} distills a pre-trained teacher, but teacher is "
-                "null; describe the teacher (model and train, or checkpoint)"
-            )
         # Options can ask for the teacher too (mutual peers: [teacher], born_again gen0: teacher)
         # by a ``uses_teacher`` property: fail here, not after the baseline has trained.
+        scheme = self.distill.scheme
+        if self.teacher is None and get_scheme(scheme).needs_teacher:
+            raise ValueError(
+                f"scheme {scheme!r} distills a pre-trained teacher, but teacher is null; "
+                "describe the teacher (model and train, or checkpoint)"
+            )
         if self.teacher is None and getattr(self.distill.parsed_options(), "uses_teacher", False):
             raise ValueError(
-                f"distill.options of scheme {self.distill.scheme!r} use the teacher, but teacher "
-                "is null; describe the teacher, or change the options"
+                f"distill.options of scheme {scheme!r} use the teacher, but teacher is null; "
+                "describe the teacher, or change the options"
             )
         return self
 
@@ -266,20 +265,6 @@ class ExperimentConfig(Strict):
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"seeds must be distinct, got {seeds}")
         return seeds
-
-
-def _error_text(error: Any) -> str:
-    if error["type"] == "missing":
-        return "required key is missing"
-    return str(error["msg"]).removeprefix("Value error, ")
-
-
-def format_validation_error(err: ValidationError, source: str = "config") -> str:
-    lines = [f"{source} is invalid:"]
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  - at {where}: {_error_text(e)}")
-    return "\n".join(lines)
 
 
 def parse_config(data: Any, source: str = "config") -> ExperimentConfig:

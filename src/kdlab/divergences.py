@@ -26,6 +26,11 @@ Divergence = Callable[[Tensor, Tensor], Tensor]
 _KL_BRANCH = {torch.float64: 1e-4}
 
 
+def at_least_float32(x: Tensor) -> Tensor:
+    """Half-precision logits are upcast for losses (they underflow at high T); float64 stays."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def _check(log_p: Tensor, log_q: Tensor) -> None:
     if log_p.shape != log_q.shape:
         raise ValueError(

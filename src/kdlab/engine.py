@@ -2,7 +2,8 @@
 
 It owns epochs, batches, optimizers and schedules, gradient clipping, evaluation, atomic and
 resumable checkpoints, the progress bar and the non-finite guard. It knows nothing about
-distillation: a :class:`~kdlab.schemes.Scheme` computes the losses and calls ``update``.
+distillation: it trains anything that follows the small :class:`Trainable` protocol (kdlab's
+schemes do), which computes the losses of a batch and hands each to ``update``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -23,22 +24,47 @@ from torch import nn
 from kdlab import checkpoint as ckpt
 from kdlab.data.base import ArrayDataset, TensorBatcher
 from kdlab.errors import NonFiniteLossError
-from kdlab.losses.base import LossOutput
 from kdlab.metrics import accuracy, nll
 from kdlab.progress import TrainingProgress
-from kdlab.schemes.base import Scheme
+from kdlab.seeding import seed_everything
 from kdlab.settings import OptimizerSettings, ScheduleSettings, TrainSettings
-from kdlab.types import Batch
+from kdlab.types import Batch, LossOutput
 
 EpochCallback = Callable[[dict[str, float]], None]
+#: update(optimizer_name, loss) — zero_grad, backward, clip, step, with the non-finite guard.
+Update = Callable[[str, LossOutput], None]
 
 
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed Python, NumPy and torch; optionally make torch choose deterministic kernels."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+class Trainable(Protocol):
+    """What the engine trains (kdlab.schemes.base.Scheme implements it for every scheme)."""
+
+    def trainable(self) -> dict[str, nn.Module]:
+        """Modules whose parameters change (saved in checkpoints), by name."""
+        ...
+
+    def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters of each optimizer, by optimizer name (the first is the main one)."""
+        ...
+
+    def prepare(self, sample: Batch) -> None:
+        """Called once before the optimizers are built, with a few training samples."""
+        ...
+
+    def set_mode(self, training: bool) -> None:
+        """Train or eval mode for every module (frozen ones always eval)."""
+        ...
+
+    def train_step(self, batch: Batch, update: Update) -> dict[str, float]:
+        """Compute the losses of one batch, call ``update`` for each; return batch metrics."""
+        ...
+
+    def eval_model(self) -> nn.Module:
+        """The model validated during training and kept (``keep_best``) as the result."""
+        ...
+
+    def predict(self, data: ArrayDataset) -> torch.Tensor:
+        """Logits of ``eval_model`` on a whole split, in eval mode."""
+        ...
 
 
 def make_optimizer(params: Iterable[nn.Parameter], cfg: OptimizerSettings) -> torch.optim.Optimizer:
@@ -103,7 +129,7 @@ class Engine:
 
     def fit(
         self,
-        scheme: Scheme,
+        scheme: Trainable,
         train: ArrayDataset,
         val: ArrayDataset | None = None,
         *,
@@ -125,7 +151,7 @@ class Engine:
     # -- loop -----------------------------------------------------------------------------------
 
     def _fit(
-        self, scheme: Scheme, train: ArrayDataset, val: ArrayDataset | None, resume: bool
+        self, scheme: Trainable, train: ArrayDataset, val: ArrayDataset | None, resume: bool
     ) -> list[dict[str, float]]:
         s = self.settings
         scheme.prepare(Batch(train.x[:2], train.y[:2], torch.arange(min(2, len(train)))))
@@ -171,7 +197,7 @@ class Engine:
         return self.history
 
     def _train_epoch(
-        self, scheme: Scheme, batcher: TensorBatcher, epoch: int, bar: TrainingProgress
+        self, scheme: Trainable, batcher: TensorBatcher, epoch: int, bar: TrainingProgress
     ) -> dict[str, float]:
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
@@ -243,7 +269,7 @@ class Engine:
         )
 
     @torch.no_grad()
-    def _evaluate(self, scheme: Scheme, val: ArrayDataset) -> dict[str, float]:
+    def _evaluate(self, scheme: Trainable, val: ArrayDataset) -> dict[str, float]:
         logits = scheme.predict(val)
         metrics = {"val_accuracy": accuracy(logits, val.y), "val_nll": nll(logits, val.y)}
         if self.settings.keep_best and (
@@ -264,7 +290,7 @@ class Engine:
         recent = time.monotonic() - self._saved_at < s.checkpoint_seconds
         return epoch % s.checkpoint_every == 0 and not recent
 
-    def _save(self, scheme: Scheme, epoch: int) -> None:
+    def _save(self, scheme: Trainable, epoch: int) -> None:
         self._saved_at = time.monotonic()
         self._good_checkpoint = True
         ckpt.save_atomic(
@@ -283,7 +309,7 @@ class Engine:
             self.checkpoint_path,  # type: ignore[arg-type]
         )
 
-    def _restore(self, scheme: Scheme, state: dict[str, Any]) -> int:
+    def _restore(self, scheme: Trainable, state: dict[str, Any]) -> int:
         models = scheme.trainable()
         if set(state["models"]) != set(models) or set(state["optimizers"]) != set(self.optimizers):
             raise ValueError(

@@ -1,32 +1,33 @@
-"""Run a validated experiment config: per seed, a teacher, the student alone, the distilled student.
+"""Run a validated experiment config: per seed, data → teacher → student alone → the scheme.
 
 The student alone and the distilled student start from the same initial weights (same seed), see
 the same training examples and use the same training settings, so their difference is the loss.
 
-With a store, each seed whose runs all finished is marked complete under the config's fingerprint;
-``resume=True`` then reuses those seeds' stored runs instead of training them again. In an
-interrupted seed, a teacher that finished is loaded from its run; the rest trains again.
+With a store, each seed whose runs all finished is marked complete under the config's fingerprint
+(:mod:`kdlab.resume`); ``resume=True`` then reuses those seeds' stored runs instead of training
+them again. In an interrupted seed, a teacher that finished is loaded from its run; the rest
+trains again.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Callable, Mapping
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
-from kdlab.api import RunResult, check_num_classes, fit_model
 from kdlab.config import ExperimentConfig
-from kdlab.data import DataSplits, load_dataset, split_indices
-from kdlab.data.base import ArrayDataset
-from kdlab.engine import seed_everything
+from kdlab.data import ArrayDataset, DataSplits, load_dataset, split_indices
 from kdlab.errors import ConfigError
 from kdlab.models import build_model
-from kdlab.runners import DistillContext, get_runner
-from kdlab.store import RunRecord, RunStore
+from kdlab.resume import StoredSeed, config_fingerprint
+from kdlab.runs import Recorder, RunInfo, RunResult, check_num_classes
+from kdlab.schemes.base import DistillContext
+from kdlab.schemes.offline import fit_offline
+from kdlab.schemes.registry import get_scheme
+from kdlab.store import RunStore
 from kdlab.teachers import build_teacher
 
 
@@ -56,37 +57,57 @@ def student_train_set(data: DataSplits, subset: int | None, seed: int) -> ArrayD
     return data.train.subset(index)
 
 
-def config_fingerprint(config_json: Mapping[str, Any]) -> str:
-    """What makes two runs of an experiment comparable: the config without its seed list."""
-    comparable = {k: v for k, v in config_json.items() if k != "seeds"}
-    return hashlib.sha256(json.dumps(comparable, sort_keys=True).encode()).hexdigest()[:16]
+@dataclass
+class _Seed:
+    """One seed of one experiment while it runs."""
 
+    cfg: ExperimentConfig
+    seed: int
+    recorder: Recorder
+    config_json: dict[str, Any]
+    stored: StoredSeed | None
 
-def run_fingerprint(record: RunRecord) -> str | None:
-    """The fingerprint of the experiment config a stored run was made with (None: not known)."""
-    config = record.config.get("experiment")
-    return config_fingerprint(config) if isinstance(config, dict) else None
+    def load_data(self) -> DataSplits:
+        d = self.cfg.data
+        return load_dataset(
+            d.source, root=d.root, seed=self.seed, val_fraction=d.val_fraction,
+            test_size=d.test_size, flatten=d.flatten,
+        )  # fmt: skip
 
+    def teacher(self, data: DataSplits, given: nn.Module | None) -> tuple[Any, list[RunResult]]:
+        """The seed's teacher (given, trained or loaded; None without one) and its runs."""
+        if given is not None:
+            check_num_classes(given, data, "teacher")
+            return given.eval(), []
+        if self.cfg.teacher is None:
+            return None, []
+        run = RunInfo(seed=self.seed, config={"experiment": self.config_json})
+        teacher = build_teacher(self.cfg.teacher, data, run, self.recorder, self.stored)
+        return teacher.model.eval(), teacher.runs
 
-def reused_runs(store: RunStore, name: str, fingerprint: str, seed: int) -> list[RunResult]:
-    """A completed seed's runs as results (``model`` is None: the weights stay on disk)."""
-    return [
-        RunResult(None, rec.metrics, store.history(rec.id), rec.id, rec.role, seed)
-        for rec in store.completed_seed(name, fingerprint, seed)
-    ]
+    def context(self, data: DataSplits, teacher: nn.Module | None) -> DistillContext:
+        """What the scheme gets: the student's data (its labelled examples as ``train``)."""
+        cfg, seed = self.cfg, self.seed
+        student_data = dataclasses.replace(
+            data, train=student_train_set(data, cfg.student.train_subset, seed)
+        )
 
+        def new_student() -> nn.Module:  # the baseline and every distilled student start alike
+            return build_model(cfg.student.model, data.input_shape, data.num_classes, seed=seed)
 
-def finished_runs(store: RunStore, name: str, fingerprint: str, seed: int):
-    """``lookup(role, run name)``: the newest finished run of this seed and config, or None."""
+        return DistillContext(
+            data=student_data, seed=seed, teacher=teacher, loss=cfg.distill.loss,
+            train=cfg.distill.train or cfg.student.train, options=cfg.distill.parsed_options(),
+            new_student=new_student, student_model=dict(cfg.student.model),
+            stages=cfg.distill.stages, recorder=self.recorder,
+            config={"experiment": self.config_json, "train_examples": len(student_data.train)},
+        )  # fmt: skip
 
-    def lookup(role: str, run_name: str) -> RunRecord | None:
-        for rec in store.list_runs(experiment=name, role=role, status="finished"):
-            same = run_fingerprint(rec) == fingerprint and rec.seed == seed
-            if same and rec.name == run_name and "model" in rec.artefacts:
-                return rec
-        return None
-
-    return lookup
+    def baseline(self, ctx: DistillContext) -> RunResult:
+        """The student alone: the same initial weights and examples, labels only."""
+        run = ctx.run("student", f"student s{self.seed}")
+        return fit_offline(ctx.new_student(), ctx.data, [{"type": "ce"}], self.cfg.student.train,
+                           None, run, self.recorder)  # fmt: skip
 
 
 def run_experiment(
@@ -100,74 +121,45 @@ def run_experiment(
 ) -> ExperimentResult:
     """Train (or load) the teacher, the baseline student and the distilled student per seed.
 
-    ``resume``: seeds completed earlier in ``store`` under the same config (seeds aside) are not
-    trained again; their stored runs are returned with ``model=None``.
+    ``teachers`` gives a seed's teacher instead of its config's; ``on_run`` sees each run as it
+    is made. ``resume``: seeds completed earlier in ``store`` under the same config (seeds aside)
+    are not trained again; their stored runs are returned with ``model=None``.
     """
     if resume and store is None:
         raise ConfigError("resume reads completed seeds from a run store; pass store=RunStore(...)")
     result = ExperimentResult(cfg.name)
-    common = {
-        "store": store,
-        "experiment": cfg.name,
-        "progress": progress,
-        "gamma": cfg.metrics.gamma,
-        "ece_bins": cfg.metrics.ece_bins,
-    }
+    recorder = Recorder(store, cfg.name, progress, cfg.metrics.gamma, cfg.metrics.ece_bins)
     config_json = cfg.model_dump(mode="json")
     fingerprint = config_fingerprint(config_json)
+    scheme = get_scheme(cfg.distill.scheme)
 
-    def record(run: RunResult) -> None:
-        result.runs.append(run)
-        if on_run is not None:
-            on_run(run)
+    def record(runs: list[RunResult]) -> None:
+        result.runs.extend(runs)
+        for run in runs:
+            if on_run is not None:
+                on_run(run)
 
-    runner = get_runner(cfg.distill.scheme)
     for seed in cfg.seeds:
-        stored = reused_runs(store, cfg.name, fingerprint, seed) if resume and store else []
-        if stored:
+        stored = StoredSeed(store, cfg.name, fingerprint, seed) if store is not None else None
+        reused = stored.completed_runs() if resume and stored else []
+        if reused:
             result.reused_seeds.append(seed)
-            for run in stored:
-                record(run)
+            record(reused)
             continue
+        one = _Seed(cfg, seed, recorder, config_json, stored if resume else None)
         first = len(result.runs)
-        data = load_dataset(
-            cfg.data.source, root=cfg.data.root, seed=seed, val_fraction=cfg.data.val_fraction,
-            test_size=cfg.data.test_size, flatten=cfg.data.flatten,
-        )  # fmt: skip
-        teacher = (teachers or {}).get(seed)
+        data = one.load_data()
+        teacher, teacher_runs = one.teacher(data, (teachers or {}).get(seed))
+        record(teacher_runs)
         if teacher is not None:
-            check_num_classes(teacher, data, "teacher")
-        elif cfg.teacher is not None:
-            lookup = finished_runs(store, cfg.name, fingerprint, seed) if resume and store else None
-            teacher = build_teacher(cfg, data, seed, config_json, common, record, lookup)
-        if teacher is not None:
-            teacher.eval()
             result.teachers[seed] = teacher
-        train_set = student_train_set(data, cfg.student.train_subset, seed)
-        student_cfg = {"experiment": config_json, "train_examples": len(train_set)}
-
-        def new_student(data: DataSplits = data, seed: int = seed) -> nn.Module:
-            seed_everything(seed)  # the baseline and every distilled student start alike
-            return build_model(cfg.student.model, data.input_shape, data.num_classes)
-
+        ctx = one.context(data, teacher)
         if cfg.student.baseline:
-            record(fit_model(
-                new_student(), data, [{"type": "ce"}], cfg.student.train, seed=seed,
-                train_set=train_set, role="student", name=f"student s{seed}",
-                config=student_cfg, **common,
-            ))  # fmt: skip
-        ctx = DistillContext(
-            data=data, seed=seed, teacher=teacher, train_set=train_set, loss=cfg.distill.loss,
-            train=cfg.distill.train or cfg.student.train, options=cfg.distill.parsed_options(),
-            new_student=new_student, student_model=dict(cfg.student.model),
-            stages=cfg.distill.stages, fit_kwargs=common, config=student_cfg,
-        )  # fmt: skip
-        for run in runner.run(ctx):
-            record(run)
-        if store is not None:
-            ids = [r.run_id for r in result.runs[first:] if r.run_id is not None]
-            store.mark_seed_complete(cfg.name, fingerprint, seed, ids)
+            record([one.baseline(ctx)])
+        record(scheme.run(ctx))
+        if stored is not None:
+            stored.mark_complete([r.run_id for r in result.runs[first:] if r.run_id is not None])
     return result
 
 
-__all__ = ["ExperimentResult", "config_fingerprint", "run_experiment", "student_train_set"]
+__all__ = ["ExperimentResult", "run_experiment", "student_train_set"]

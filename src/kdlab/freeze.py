@@ -70,4 +70,16 @@ def _frozen_roots(module: nn.Module) -> list[nn.Module]:
     return [root for child in module.children() for root in _frozen_roots(child)]
 
 
-__all__ = ["hold_frozen_in_eval", "train_only"]
+@contextmanager
+def no_param_grads(module: nn.Module) -> Iterator[None]:
+    """Let gradients flow *through* ``module`` to its input without touching its parameters."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(module.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+
+
+__all__ = ["hold_frozen_in_eval", "no_param_grads", "train_only"]

@@ -5,10 +5,20 @@ Pydantic models with ``extra="forbid"``: an unknown key is an error that names i
 
 from __future__ import annotations
 
-import difflib
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
+
+from kdlab.errors import ConfigError, did_you_mean
 
 
 class Strict(BaseModel):
@@ -23,9 +33,10 @@ class Strict(BaseModel):
             valid = list(cls.model_fields)
             for key in data:
                 if key not in cls.model_fields:
-                    close = difflib.get_close_matches(str(key), valid, n=1)
-                    hint = f" (did you mean {close[0]!r}?)" if close else ""
-                    raise ValueError(f"unknown key {key!r}{hint}; valid keys: {', '.join(valid)}")
+                    raise ValueError(
+                        f"unknown key {key!r}{did_you_mean(key, valid)}; "
+                        f"valid keys: {', '.join(valid)}"
+                    )
         return data
 
 
@@ -88,3 +99,65 @@ class TrainSettings(Strict):
                 f"epochs ({self.epochs})"
             )
         return self
+
+
+def merge_settings(base: TrainSettings, overrides: Mapping[str, Any]) -> TrainSettings:
+    """``base`` with ``overrides`` applied; nested mappings (optimizer, schedule) merge."""
+
+    def merge(a: dict[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(a)
+        for key, value in b.items():
+            out[key] = (
+                merge(a[key], value)
+                if isinstance(a.get(key), dict) and isinstance(value, Mapping)
+                else value
+            )
+        return out
+
+    try:
+        return TrainSettings.model_validate(merge(base.model_dump(), overrides))
+    except ValueError as err:
+        raise ConfigError(f"stage train settings {dict(overrides)} do not fit: {err}") from err
+
+
+def phase_settings(settings: TrainSettings, epochs: int, keep: str) -> TrainSettings:
+    """Settings for a short preliminary phase: constant lr, only the ``keep`` override."""
+    return settings.model_copy(update={
+        "epochs": epochs, "schedule": ScheduleSettings(), "keep_best": False,
+        "optimizers": {k: v for k, v in settings.optimizers.items() if k == keep},
+    })  # fmt: skip
+
+
+def error_text(error: Mapping[str, Any]) -> str:
+    """One pydantic error as a sentence, without pydantic's "Value error, " prefix."""
+    if error["type"] == "missing":
+        return "required key is missing"
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def validation_problems(err: ValidationError, prefix: Sequence[str] = ()) -> str:
+    """Every problem of ``err`` on one line: ``where: what; where: what``."""
+    return "; ".join(
+        f"{'.'.join([*prefix, *map(str, e['loc'])]) or 'options'}: {error_text(e)}"
+        for e in err.errors()
+    )
+
+
+def format_validation_error(err: ValidationError, source: str = "config") -> str:
+    """Every problem of ``err`` on its own line, each with its dotted path in ``source``."""
+    lines = [f"{source} is invalid:"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  - at {where}: {error_text(e)}")
+    return "\n".join(lines)
+
+
+def parse_options(model: type[BaseModel], value: Any, what: str) -> Any:
+    """``value`` (a mapping, or already a ``model``) validated as ``model``, or a ConfigError
+    that starts with ``what`` (e.g. "adversarial options are invalid")."""
+    if isinstance(value, model):
+        return value
+    try:
+        return model.model_validate(dict(value or {}))
+    except ValidationError as err:
+        raise ConfigError(f"{what}: {validation_problems(err)}") from None

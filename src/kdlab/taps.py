@@ -7,13 +7,12 @@ scheme captures their outputs during the normal forward pass. Hooks live only fo
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 from torch import Tensor, nn
 
-from kdlab.errors import ConfigError
+from kdlab.errors import ConfigError, ranked
 
 
 def resolve_modules(
@@ -24,14 +23,10 @@ def resolve_modules(
     found: dict[str, nn.Module] = {}
     for path in paths:
         if path not in modules:
-            names = [n for n in modules if n]
-            close = difflib.get_close_matches(path, names, n=5, cutoff=0.0)
-            rest = [n for n in names if n not in close]
-            listing = ", ".join(close + rest[: max(0, 20 - len(close))])
-            more = f" (and {len(names) - 20} more)" if len(names) > 20 else ""
+            listing = ranked(path, [n for n in modules if n], limit=20)
             raise ConfigError(
                 f"the {role} ({type(model).__name__}) has no module {path!r}; its module paths, "
-                f"closest first: {listing}{more}"
+                f"closest first: {listing}"
             )
         found[path] = modules[path]
     return found

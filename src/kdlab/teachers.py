@@ -10,105 +10,98 @@ the model that teaches, under the plain role — with the first N epochs of hist
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
 from kdlab import checkpoint as ckpt
-from kdlab.api import RunResult, check_num_classes, fit_model, record_model
-from kdlab.config import ExperimentConfig, TeacherConfig
+from kdlab.config import TeacherConfig
 from kdlab.data import DataSplits
 from kdlab.errors import ConfigError
 from kdlab.models import build_model
 from kdlab.models.ensemble import EnsembleTeacher
-from kdlab.store import RunRecord
-
-#: Ensemble member m of experiment seed s draws its initial weights from s + 1000·m; batches and
-#: dropout follow the experiment seed, so the members differ by their initialisation (as in
-#: deep ensembles) and every run stays recorded under the experiment's seed.
-MEMBER_SEED_STRIDE = 1000
+from kdlab.resume import StoredSeed
+from kdlab.runs import Recorder, RunInfo, RunResult, check_num_classes, record_model
+from kdlab.schemes.offline import fit_offline
+from kdlab.seeding import derived_seed
 
 
-def member_seed(seed: int, member: int) -> int:
-    """Member 0 uses the experiment seed: it is the single teacher of that seed."""
-    return seed + MEMBER_SEED_STRIDE * member
+@dataclass
+class Teacher:
+    """The model that teaches one seed, and every run made on the way to it."""
+
+    model: nn.Module
+    runs: list[RunResult] = field(default_factory=list)
 
 
 def build_teacher(
-    cfg: ExperimentConfig,
+    t: TeacherConfig,
     data: DataSplits,
-    seed: int,
-    config_json: dict[str, Any],
-    common: dict[str, Any],
-    record: Callable[[RunResult], None],
-    finished: Callable[[str, str], RunRecord | None] | None = None,
-) -> nn.Module:
-    """Train or load ``cfg.teacher`` for ``seed``; record every model made on the way.
+    run: RunInfo,
+    recorder: Recorder,
+    stored: StoredSeed | None = None,
+) -> Teacher:
+    """Train or load the teacher of ``run.seed``; record every model made on the way.
 
-    ``finished(role, name)`` (when resuming) returns a finished run of this seed and config; a
-    teacher it returns is loaded from that run's weights instead of being trained again.
+    ``run.config`` is recorded with every run. ``stored`` (when resuming) holds the seed's
+    finished runs: a teacher found there is loaded from its weights instead of trained again.
+    Member m of an ensemble draws its initial weights from the seed's derived seed m (member 0
+    uses the experiment seed: it is the single teacher of that seed); batches and dropout follow
+    the experiment seed, so the members differ by their initialisation, as in deep ensembles.
     """
-    t = cfg.teacher
-    assert t is not None
+    n = t.member_count()
+    models = _build_members(t, data, run.seed)
+    paths = t.checkpoints or [t.checkpoint] * n
+    role = "teacher" if n == 1 else "teacher_member"
+    teacher = Teacher(models[0])
+    for m, (model, path) in enumerate(zip(models, paths, strict=True)):
+        name = f"teacher s{run.seed}" if n == 1 else f"teacher s{run.seed} member {m + 1}/{n}"
+        member = run.but(role=role, name=name, config={"member": m + 1} if n > 1 else {})
+        reusable = stored is not None and path is None and not t.use_epoch
+        done = stored.finished_run(role, name) if reusable and stored else None
+        if done is not None:
+            _load(model, done.artefacts["model"], f"stored teacher run {done.id} does not fit")
+            runs = [RunResult(model, done.metrics, [], done.id, role, run.seed)]
+        elif path is None:
+            runs = _train(t, model, data, member, recorder)
+        else:
+            loaded = member.but(name=f"{name} (loaded)", config={"checkpoint": path})
+            runs = [record_model(model, data, loaded, recorder, weights_file=path)]
+        teacher.runs += runs
+        models[m] = runs[-1].model  # with use_epoch: the early snapshot
+    if n == 1:
+        teacher.model = models[0]
+        return teacher
+    teacher.model = EnsembleTeacher(models, temperature=t.ensemble_temperature)
+    info = run.but(role="teacher", name=f"teacher s{run.seed} (ensemble of {n})",
+                   config={"members": n})  # fmt: skip
+    teacher.runs.append(record_model(teacher.model, data, info, recorder))
+    return teacher
+
+
+def _build_members(t: TeacherConfig, data: DataSplits, seed: int) -> list[nn.Module]:
+    """Build (and load) every member before training any: a member that does not fit the data
+    or a checkpoint that does not fit its model fails in seconds, not after the others train."""
     n = t.member_count()
     specs = t.ensemble if isinstance(t.ensemble, list) else [t.model] * n
     paths = t.checkpoints or [t.checkpoint] * n
-    role = "teacher" if n == 1 else "teacher_member"
-    # Build (and load) every member before training any: a member that does not fit the data
-    # or a checkpoint that does not fit its model fails in seconds, not after the others train.
     models = []
     for m, (spec, path) in enumerate(zip(specs, paths, strict=True)):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(member_seed(seed, m))
-            model = build_model(spec, data.input_shape, data.num_classes)
+        model = build_model(spec, data.input_shape, data.num_classes, seed=derived_seed(seed, m))
         if path is not None:
-            field = "teacher.checkpoint" if n == 1 else f"teacher.checkpoints[{m}]"
+            field_name = "teacher.checkpoint" if n == 1 else f"teacher.checkpoints[{m}]"
             spec_field = (
                 f"teacher.ensemble[{m}]" if isinstance(t.ensemble, list) else "teacher.model"
             )
-            _load(model, path, f"{field} {path} does not fit {spec_field} {spec}")
-        check_num_classes(model, data, role if n == 1 else f"teacher member {m + 1}")
+            _load(model, path, f"{field_name} {path} does not fit {spec_field} {spec}")
+        check_num_classes(model, data, "teacher" if n == 1 else f"teacher member {m + 1}")
         models.append(model)
-    recording = {k: v for k, v in common.items() if k != "progress"}
-    for m, (model, path) in enumerate(zip(models, paths, strict=True)):
-        name = f"teacher s{seed}" if n == 1 else f"teacher s{seed} member {m + 1}/{n}"
-        run_config = {"experiment": config_json, **({"member": m + 1} if n > 1 else {})}
-        done = finished(role, name) if finished and path is None and not t.use_epoch else None
-        if done is not None:
-            _load(model, done.artefacts["model"], f"stored teacher run {done.id} does not fit")
-            runs = [RunResult(model, done.metrics, [], done.id, role, seed)]
-        elif path is None:
-            runs = _train(t, model, data, seed, role, name, run_config, common)
-        else:
-            runs = [record_model(
-                model, data, seed=seed, role=role, name=f"{name} (loaded)",
-                config={**run_config, "checkpoint": path}, weights_file=path, **recording,
-            )]  # fmt: skip
-        for run in runs:
-            record(run)
-        models[m] = runs[-1].model  # with use_epoch: the early snapshot
-    if n == 1:
-        return models[0]
-    ensemble = EnsembleTeacher(models, temperature=t.ensemble_temperature)
-    run = record_model(
-        ensemble, data, seed=seed, role="teacher", name=f"teacher s{seed} (ensemble of {n})",
-        config={"experiment": config_json, "members": n}, **recording,
-    )  # fmt: skip
-    record(run)
-    return ensemble
+    return models
 
 
 def _train(
-    t: TeacherConfig,
-    model: nn.Module,
-    data: DataSplits,
-    seed: int,
-    role: str,
-    name: str,
-    run_config: dict[str, Any],
-    common: dict[str, Any],
+    t: TeacherConfig, model: nn.Module, data: DataSplits, run: RunInfo, recorder: Recorder
 ) -> list[RunResult]:
     """Train one teacher model; with ``use_epoch`` also record the early snapshot (last)."""
     snapshot: dict[str, Any] = {}
@@ -120,21 +113,18 @@ def _train(
                 snapshot["state"] = copy.deepcopy(model.state_dict())
 
         callbacks.append(keep)
-    full = fit_model(
-        model, data, t.loss, t.train, seed=seed,
-        role=f"{role}_final" if t.use_epoch else role,
-        name=f"{name} (all {t.train.epochs} epochs)" if t.use_epoch else name,
-        config=run_config, callbacks=callbacks, **common,
+    full_run = run if t.use_epoch is None else run.but(
+        role=f"{run.role}_final", name=f"{run.label} (all {t.train.epochs} epochs)"
     )  # fmt: skip
+    full = fit_offline(model, data, t.loss, t.train, None, full_run, recorder, callbacks)
     if t.use_epoch is None:
         return [full]
     early = copy.deepcopy(model)
     early.load_state_dict(snapshot["state"])
-    recording = {k: v for k, v in common.items() if k != "progress"}
     early_run = record_model(
-        early, data, full.history[: t.use_epoch], seed=seed, role=role,
-        name=f"{name} @ epoch {t.use_epoch}",
-        config={**run_config, "use_epoch": t.use_epoch}, **recording,
+        early, data,
+        run.but(name=f"{run.label} @ epoch {t.use_epoch}", config={"use_epoch": t.use_epoch}),
+        recorder, history=full.history[: t.use_epoch],
     )  # fmt: skip
     return [full, early_run]
 
@@ -146,4 +136,4 @@ def _load(model: nn.Module, path: str, mismatch: str) -> None:
         raise ConfigError(f"{mismatch}: {err}") from err
 
 
-__all__ = ["MEMBER_SEED_STRIDE", "build_teacher", "member_seed"]
+__all__ = ["Teacher", "build_teacher"]

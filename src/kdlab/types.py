@@ -31,6 +31,14 @@ class ModelOutput:
         return ModelOutput(self.logits.detach(), {k: v.detach() for k, v in self.features.items()})
 
 
+@dataclass
+class LossOutput:
+    """What a loss returns: the weighted total and each term's unweighted value, by name."""
+
+    total: Tensor
+    terms: dict[str, Tensor]
+
+
 def as_output(value: Tensor | ModelOutput) -> ModelOutput:
     """Wrap a plain logits tensor (what any ``nn.Module`` classifier returns) in a ModelOutput."""
     if isinstance(value, ModelOutput):

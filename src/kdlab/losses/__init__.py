@@ -1,7 +1,7 @@
 """Loss terms. Importing this package registers every built-in term kind.
 
 Response terms read logits (response.py); feature and relation terms read intermediate outputs
-captured by module path (tapped.py, fitnets.py, attention.py, global_relation.py, lsp.py,
+captured by module path (feature.py, fitnets.py, attention.py, global_relation.py, lsp.py,
 relation.py, rkd.py, sp.py, pkt.py).
 """
 
@@ -18,8 +18,11 @@ from kdlab.losses.base import (
     Term,
     build_objective,
     build_term,
+    check_batch_sizes,
+    check_loss_specs,
     register_term,
 )
+from kdlab.losses.feature import FeatureTerm, prepare_terms
 from kdlab.losses.fitnets import Hint
 from kdlab.losses.global_relation import GlobalRelation
 from kdlab.losses.lsp import LocalStructure
@@ -28,7 +31,6 @@ from kdlab.losses.relation import Relation
 from kdlab.losses.response import CrossEntropy, LogitMSE, SoftCrossEntropy, SoftTarget, hinton_loss
 from kdlab.losses.rkd import RKDAngle, RKDDistance
 from kdlab.losses.sp import SimilarityPreserving
-from kdlab.losses.tapped import FeatureTerm, prepare_terms
 
 __all__ = [
     "PKT",
@@ -54,6 +56,8 @@ __all__ = [
     "Term",
     "build_objective",
     "build_term",
+    "check_batch_sizes",
+    "check_loss_specs",
     "hinton_loss",
     "prepare_terms",
     "register_term",

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from kdlab.errors import ConfigError
 from kdlab.losses.base import register_term
-from kdlab.losses.tapped import FeatureTerm, flat
+from kdlab.losses.feature import FeatureTerm, flat
 from kdlab.types import Batch, ModelOutput
 
 

@@ -9,18 +9,17 @@ logging and ablations need no extra code. Schemes decide which models play "stud
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from kdlab.errors import ConfigError
-from kdlab.types import Batch, ModelOutput
+from kdlab.divergences import at_least_float32
+from kdlab.errors import ConfigError, did_you_mean
+from kdlab.types import Batch, LossOutput, ModelOutput
 
 
 class Term(nn.Module):
@@ -61,14 +60,6 @@ class Term(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, weight={self.weight}"
-
-
-@dataclass
-class LossOutput:
-    """The weighted total and each term's unweighted value."""
-
-    total: Tensor
-    terms: dict[str, Tensor]
 
 
 class Objective(nn.Module):
@@ -141,9 +132,10 @@ def build_term(spec: Mapping[str, Any]) -> Term:
     spec = dict(spec)
     kind = spec.pop("type", None)
     if kind not in TERMS:
-        close = difflib.get_close_matches(str(kind), TERMS, n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ConfigError(f"unknown loss {kind!r}{hint}; valid losses: {', '.join(sorted(TERMS))}")
+        raise ConfigError(
+            f"unknown loss {kind!r}{did_you_mean(kind, TERMS, n=3)}; "
+            f"valid losses: {', '.join(sorted(TERMS))}"
+        )
     allowed = term_parameters(kind)
     unknown = [k for k in spec if k not in allowed]
     if unknown:
@@ -163,11 +155,51 @@ def build_objective(specs: Iterable[Mapping[str, Any] | Term]) -> Objective:
     return Objective(s if isinstance(s, Term) else build_term(s) for s in specs)
 
 
-def at_least_float32(x: Tensor) -> Tensor:
-    """Half-precision logits are upcast for losses (they underflow at high T); float64 stays."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
 def temperature_softmax(logits: Tensor, temperature: float) -> Tensor:
     """log softmax(logits / T), computed in float32 or wider."""
     return torch.log_softmax(at_least_float32(logits) / temperature, dim=-1)
+
+
+def check_loss_specs(specs: Any, what: str = "the loss") -> list[dict[str, Any]]:
+    """Check a config's list of term specs by building each once; errors name the term."""
+    if not specs:
+        raise ConfigError(f"{what} needs at least one term, e.g. [{{type: ce}}]")
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, Mapping):
+            raise ConfigError(f"term {i} must be a mapping like {{type: ce, weight: 1}}")
+        try:
+            build_term(spec)
+        except ConfigError as err:
+            raise ConfigError(f"term {i}: {err}") from None
+    return list(specs)
+
+
+def check_batch_sizes(objective: Objective, n_train: int, batch_size: int) -> None:
+    """Fail before training when a term that compares samples would meet a too-small batch.
+
+    Relation losses need ≥ 2 samples per batch (RKD angle ≥ 3), including the last, partial
+    batch of each epoch (``n_train % batch_size`` samples).
+    """
+    active = [t for t in objective.terms if t.weight > 0 and getattr(t, "min_batch", 1) > 1]
+    if not active:
+        return
+    need = max(getattr(t, "min_batch", 1) for t in active)
+    names = ", ".join(repr(t.name) for t in active)
+    if n_train < need or batch_size < need:
+        raise ConfigError(
+            f"loss terms {names} compare samples within a batch and need ≥ {need} per batch, but "
+            f"batch_size is {batch_size} with {n_train} training examples; use batch_size ≥ {need}"
+        )
+    rest = n_train % batch_size
+    if 0 < rest < need:
+        fits = [
+            b
+            for b in range(batch_size - 1, need - 1, -1)
+            if n_train % b == 0 or n_train % b >= need
+        ]
+        hint = f", e.g. {fits[0]}" if fits else ""
+        raise ConfigError(
+            f"loss terms {names} need ≥ {need} samples per batch, but with {n_train} training "
+            f"examples and batch_size {batch_size} the last batch of every epoch holds {rest}; "
+            f"choose a batch_size that leaves no such remainder{hint}"
+        )

@@ -3,8 +3,8 @@
 u_T is the teacher's *hint* layer, v_S the student's *guided* layer and r the regressor — here
 the term's adapter (a 1×1 convolution for maps, a linear layer for vectors; FitNets used a
 convolution). In the paper, stage 1 trains the student up to its guided layer on this loss alone
-and stage 2 runs soft-target KD on the whole student: use ``distill.stages`` (kdlab.stages) with
-``trainable`` listing the guided part in stage 1.
+and stage 2 runs soft-target KD on the whole student: use ``distill.stages``
+(kdlab.schemes.offline) with ``trainable`` listing the guided part in stage 1.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from torch import Tensor
 
 from kdlab.errors import ConfigError
 from kdlab.losses.base import register_term
-from kdlab.losses.tapped import FeatureTerm, flat
+from kdlab.losses.feature import FeatureTerm, flat
 from kdlab.types import Batch, ModelOutput
 
 

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from kdlab.errors import ConfigError
 from kdlab.losses.base import register_term
-from kdlab.losses.tapped import FeatureTerm
+from kdlab.losses.feature import FeatureTerm
 from kdlab.types import Batch, ModelOutput
 
 
@@ -94,7 +94,7 @@ class GlobalRelation(FeatureTerm):
         if self.student_block is None or self.teacher_block is None:
             raise ConfigError(
                 f"{self._where()}the non-local blocks are trainable and must exist before the "
-                "optimizer is built: call kdlab.losses.tapped.prepare_terms (kdlab's schemes do "
+                "optimizer is built: call kdlab.losses.feature.prepare_terms (kdlab's schemes do "
                 "it in prepare())"
             )
         s, t = self.features(student, teacher)

@@ -8,7 +8,6 @@ needs that the data determine (``in_features``, ``in_channels``, ``input_shape``
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 import math
@@ -17,9 +16,11 @@ from typing import Any
 
 from torch import nn
 
-from kdlab.errors import ConfigError
+from kdlab.errors import ConfigError, did_you_mean
 from kdlab.models.cnn import SmallCNN, count_parameters
 from kdlab.models.mlp import MLP
+from kdlab.models.mps import MPS, StackedMPS
+from kdlab.seeding import seeded
 
 MODELS: dict[str, str] = {
     "mlp": "kdlab.models.mlp:MLP",
@@ -33,11 +34,10 @@ def resolve_model_class(kind: str) -> type[nn.Module]:
     """The class for a registered type name or a ``package.module:Class`` import path."""
     path = MODELS.get(kind, kind)
     if ":" not in path:
-        close = difflib.get_close_matches(kind, MODELS, n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ConfigError(
-            f"unknown model type {kind!r}{hint}; valid types: {', '.join(MODELS)}, or an import "
-            "path 'package.module:ClassName' for your own nn.Module"
+            f"unknown model type {kind!r}{did_you_mean(kind, MODELS, n=3)}; valid types: "
+            f"{', '.join(MODELS)}, or an import path 'package.module:ClassName' for your own "
+            "nn.Module"
         )
     module_name, _, attr = path.partition(":")
     try:
@@ -49,20 +49,59 @@ def resolve_model_class(kind: str) -> type[nn.Module]:
     return cls
 
 
-def build_model(spec: Mapping[str, Any], input_shape: Sequence[int], num_classes: int) -> nn.Module:
-    """Build a model from ``{"type": ..., **kwargs}`` for inputs of ``input_shape``."""
+def check_model_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Check a spec's type and argument names without building it (shapes come with the data).
+
+    Returns the spec as a plain dict; configs call this when they are validated, and
+    :func:`build_model` calls it again, so both give the same errors.
+    """
     spec = dict(spec)
+    kind = spec.get("type", "mlp")
+    params = inspect.signature(resolve_model_class(kind).__init__).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = [k for k in spec if k != "type" and k not in params]
+        if unknown:
+            valid = [p for p in params if p != "self"]
+            raise ConfigError(
+                f"model {kind!r} has no argument {', '.join(map(repr, unknown))}; "
+                f"valid arguments: {', '.join(valid)}"
+            )
+    return spec
+
+
+def check_model_specs(
+    specs: Sequence[Any], where: str, aliases: Sequence[str] = ()
+) -> list[Any]:
+    """Check a list of model specs (mappings) or named aliases (e.g. ``student``); errors name
+    the position in ``where`` and what each entry may be."""
+    checked: list[Any] = []
+    for i, spec in enumerate(specs):
+        if isinstance(spec, str) and spec in aliases:
+            checked.append(spec)
+        elif isinstance(spec, Mapping):
+            checked.append(check_model_spec(spec))
+        else:
+            valid = " or ".join([*(repr(a) for a in aliases), "a model spec like {type: mlp}"])
+            what = "missing (null)" if spec is None else f"{spec!r}"
+            raise ConfigError(f"{where}[{i}] is {what}; each entry must be {valid}")
+    return checked
+
+
+def build_model(
+    spec: Mapping[str, Any],
+    input_shape: Sequence[int],
+    num_classes: int,
+    seed: int | None = None,
+) -> nn.Module:
+    """Build a model from ``{"type": ..., **kwargs}`` for inputs of ``input_shape``.
+
+    With a ``seed`` its initial weights depend on that seed alone and the global random stream
+    is untouched (:func:`kdlab.seeding.seeded`); without, they come from the global stream.
+    """
+    spec = check_model_spec(spec)
     kind = spec.pop("type", "mlp")
     cls = resolve_model_class(kind)
     params = inspect.signature(cls.__init__).parameters
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    unknown = [k for k in spec if k not in params and not takes_any]
-    if unknown:
-        valid = [p for p in params if p != "self"]
-        raise ConfigError(
-            f"model {kind!r} has no argument {', '.join(map(repr, unknown))}; "
-            f"valid arguments: {', '.join(valid)}"
-        )
     derived = {
         "in_features": math.prod(input_shape),
         "in_channels": input_shape[0] if len(input_shape) == 3 else 1,
@@ -73,9 +112,23 @@ def build_model(spec: Mapping[str, Any], input_shape: Sequence[int], num_classes
         if key in params and key not in spec:
             spec[key] = value
     try:
-        return cls(**spec)
+        if seed is None:
+            return cls(**spec)
+        with seeded(seed):
+            return cls(**spec)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"cannot build model {kind!r} with {spec}: {err}") from err
 
 
-__all__ = ["MLP", "MODELS", "SmallCNN", "build_model", "count_parameters", "resolve_model_class"]
+__all__ = [
+    "MLP",
+    "MODELS",
+    "MPS",
+    "SmallCNN",
+    "StackedMPS",
+    "build_model",
+    "check_model_spec",
+    "check_model_specs",
+    "count_parameters",
+    "resolve_model_class",
+]

@@ -9,10 +9,15 @@ output loses nothing against the seed's "softmax output of the discriminator".
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, PositiveInt
 from torch import Tensor, nn
+
+from kdlab.seeding import seeded
+from kdlab.settings import Strict
 
 NORMS = ("none", "layer", "batch")
 INPUTS = ("logits", "centered", "log_probs")
@@ -88,6 +93,29 @@ class LogitDiscriminator(nn.Module):
                 raise ValueError("a conditional discriminator needs the labels of the batch")
             x = torch.cat([x, F.one_hot(labels, self.num_classes).to(x.dtype)], dim=1)
         return self.net(x).squeeze(-1)
+
+
+#: Offset of D's seed from the experiment seed, so that D does not share the student's stream.
+DISCRIMINATOR_SEED_OFFSET = 7_919
+
+
+class DiscriminatorOptions(Strict):
+    """:class:`LogitDiscriminator`'s arguments as a config section (``options.discriminator``)."""
+
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [64, 64])
+    conditional: bool = False
+    norm: Literal["none", "layer", "batch"] = "none"
+    activation: Literal["leaky_relu", "relu", "tanh"] = "leaky_relu"
+    input: Literal["logits", "centered", "log_probs"] = "logits"
+
+
+
+def build_discriminator(
+    num_classes: int, seed: int, options: DiscriminatorOptions | None = None
+) -> LogitDiscriminator:
+    """D with initial weights fixed by ``seed``, leaving the global random stream untouched."""
+    with seeded(seed + DISCRIMINATOR_SEED_OFFSET):
+        return LogitDiscriminator(num_classes, **(options or DiscriminatorOptions()).model_dump())
 
 
 def has_batch_norm(module: nn.Module) -> bool:

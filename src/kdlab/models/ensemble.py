@@ -25,9 +25,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from kdlab.divergences import log_mean_exp
+from kdlab.divergences import at_least_float32, log_mean_exp
 from kdlab.errors import ConfigError
-from kdlab.losses.base import at_least_float32
 from kdlab.types import as_output
 
 

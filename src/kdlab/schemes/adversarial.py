@@ -13,22 +13,42 @@ The student's supervised part — the seed's β·H(y, P_S) for GAN/WGAN, α·H(y
 D — is the ``objective`` (e.g. ``[{type: ce, weight: ...}]``), which may add a soft-target KD term.
 ``adversarial_weight`` is the weight of the adversarial term (α in the seed's GAN/WGAN formulas, β
 in its pretrained-D formula), ``discriminator_weight`` is γ.
+
+YAML::
+
+    distill:
+      scheme: adversarial
+      options: {mode: wgan, adversarial_weight: 0.5, lipschitz: gp,
+                discriminator: {hidden: [64, 64], norm: layer}}
+      loss: [{type: ce, weight: 1.0}]          # the student's supervised part (+ soft_target)
+      train: {optimizers: {discriminator: {name: adam, lr: 1.0e-4, betas: [0.5, 0.9]}}}
+
+Python: ``adversarial_distill(teacher, student, data, {"mode": "gan"}, settings=settings)``.
+
+In ``pretrained`` mode the run first trains D against a fake generator (the student's initial
+weights, trained on labels for ``early_epochs`` with ``fake_student: early``;
+:mod:`kdlab.schemes.discriminator`), then the student with D frozen: one run, whose config holds
+the pretraining summary. Every rule between the options lives in :class:`AdversarialOptions`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import copy
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 from torch import Tensor, nn
 
-from kdlab.data.base import ArrayDataset
-from kdlab.engine import Engine
+from kdlab.data import DataSplits
+from kdlab.divergences import at_least_float32
+from kdlab.engine import Engine, EpochCallback
 from kdlab.errors import ConfigError
+from kdlab.freeze import no_param_grads
+from kdlab.inference import batch_accuracy
+from kdlab.losses import CrossEntropy, LossOutput, Objective
 from kdlab.losses.adversarial import (
-    FoolForm,
     clip_weights,
     discriminator_accuracy,
     gan_discriminator_loss,
@@ -38,122 +58,134 @@ from kdlab.losses.adversarial import (
     wgan_critic_loss,
     wgan_generator_loss,
 )
-from kdlab.losses.base import LossOutput, Objective, at_least_float32
-from kdlab.models.discriminator import has_batch_norm
-from kdlab.schemes.base import Scheme, Update, batch_accuracy, predict_logits
-from kdlab.settings import TrainSettings
+from kdlab.models.discriminator import (
+    DiscriminatorOptions,
+    build_discriminator,
+    has_batch_norm,
+)
+from kdlab.runs import Recorder, RunInfo, RunResult, fit
+from kdlab.schemes.base import DistillContext, Scheme, Update, require_teacher
+from kdlab.schemes.discriminator import (
+    DiscriminatorPretraining,
+    check_discriminator,
+    pretrain_discriminator,
+)
+from kdlab.schemes.offline import LossSpec, OfflineScheme, as_objective
+from kdlab.schemes.registry import SchemeSpec
+from kdlab.settings import Strict, TrainSettings, parse_options, phase_settings
 from kdlab.taps import resolve_modules
 from kdlab.types import Batch
 
-Mode = Literal["pretrained", "gan", "wgan"]
-MODES = ("pretrained", "gan", "wgan")
+WGAN_ONLY = ("lipschitz", "clip_value", "gp_weight")
+ALTERNATING_ONLY = ("d_steps", "critic_batches")  # D takes no steps while a pretrained D is used
+PRETRAINED_ONLY = ("fake_student", "early_epochs", "pretrain_epochs", "fool_form")
 
 
-def check_weight(name: str, value: float) -> float:
-    value = float(value)
-    if not value >= 0 or value == float("inf"):  # also rejects NaN
-        raise ConfigError(
-            f"{name} must be a finite number ≥ 0, got {value}; the sign of each adversarial term "
-            "is fixed by its formula, so give its size only"
-        )
-    return value
+class AdversarialOptions(Strict):
+    """``distill.options`` of ``scheme: adversarial``."""
 
+    mode: Literal["pretrained", "gan", "wgan"] = "gan"
+    #: α of the seed's GAN/WGAN student loss, β of its pretrained-D student loss.
+    adversarial_weight: float = 1.0
+    #: γ of the seed's D losses.
+    discriminator_weight: float = 1.0
+    discriminator: DiscriminatorOptions = Field(default_factory=DiscriminatorOptions)
+    #: Discriminator updates per student update.
+    d_steps: PositiveInt = 1
+    #: ``same``: the d_steps D updates reuse the student's batch (a student update per batch);
+    #: ``fresh``: one D update per batch, the student's every d_steps-th batch (WGAN's loop).
+    critic_batches: Literal["same", "fresh"] = "same"
+    #: One-sided: real target 1 − label_smoothing, fake target 0 (gan / pretrained).
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    #: WGAN only: ``clip`` (weights in [−clip_value, clip_value]) or ``gp`` (penalty gp_weight).
+    lipschitz: Literal["clip", "gp"] | None = None
+    clip_value: PositiveFloat = 0.01
+    gp_weight: float = 10.0
+    #: Pretrained only: the fake generator D learns against, its epochs on labels, D's epochs.
+    fake_student: Literal["init", "early"] = "early"
+    early_epochs: PositiveInt = 1
+    pretrain_epochs: PositiveInt = 10
+    #: Pretrained only: ``seed`` = −H(fake, P_D) literally; ``non_saturating`` = H(real, P_D).
+    fool_form: Literal["seed", "non_saturating"] = "seed"
 
-@contextmanager
-def no_param_grads(module: nn.Module) -> Iterator[None]:
-    """Let gradients flow *through* ``module`` to its input without touching its parameters."""
-    flags = [p.requires_grad for p in module.parameters()]
-    module.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in zip(module.parameters(), flags, strict=True):
-            p.requires_grad_(flag)
+    @field_validator("adversarial_weight", "discriminator_weight", "gp_weight")
+    @classmethod
+    def _size(cls, value: float, info: Any) -> float:
+        if not value >= 0 or value == float("inf"):  # also rejects NaN
+            raise ValueError(
+                f"{info.field_name} must be a finite number ≥ 0, got {value}; the sign of each "
+                "adversarial term is fixed by its formula, so give its size only"
+            )
+        return value
+
+    @property
+    def lipschitz_method(self) -> Literal["clip", "gp"] | None:
+        """How a WGAN critic is kept Lipschitz (weight clipping unless ``gp``); None for gan."""
+        return (self.lipschitz or "clip") if self.mode == "wgan" else None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AdversarialOptions:
+        given = self.model_fields_set
+        checks = ((WGAN_ONLY, ("wgan",)), (PRETRAINED_ONLY, ("pretrained",)),
+                  (ALTERNATING_ONLY, ("gan", "wgan")))  # fmt: skip
+        for keys, modes in checks:
+            stray = [k for k in keys if k in given]
+            if stray and self.mode not in modes:
+                wanted = " or ".join(modes)
+                raise ValueError(
+                    f"{', '.join(stray)} only apply to mode: {wanted}, but mode is {self.mode!r}; "
+                    "remove them or change the mode"
+                )
+        if "label_smoothing" in given and self.mode == "wgan":
+            raise ValueError(
+                "label_smoothing does not apply to mode: wgan (a critic has no labels to smooth); "
+                "remove it"
+            )
+        if self.lipschitz == "gp" and self.discriminator.norm == "batch":
+            raise ValueError(
+                "lipschitz: gp needs a discriminator that scores each sample on its own, but "
+                "discriminator.norm is 'batch' (BatchNorm mixes the samples of a batch); use "
+                "norm: layer or none"
+            )
+        if self.lipschitz == "gp" and "clip_value" in given:
+            raise ValueError("clip_value applies to lipschitz: clip, not gp; remove it")
+        if self.mode == "wgan" and self.lipschitz != "gp" and "gp_weight" in given:
+            raise ValueError("gp_weight applies to lipschitz: gp; set lipschitz: gp or remove it")
+        if self.fake_student == "init" and "early_epochs" in given:
+            raise ValueError("early_epochs applies to fake_student: early; remove it")
+        return self
 
 
 class AdversarialScheme(Scheme):
     """Student + discriminator on one engine; optimizers ``student`` and ``discriminator``.
 
-    ``discriminator`` is any module called as ``D(logits, labels) -> scores [batch]`` (see
-    :class:`~kdlab.models.discriminator.LogitDiscriminator`). With ``critic_batches="same"``
-    (default), per batch: one student forward, ``d_steps`` discriminator updates on (teacher
-    logits, detached student logits), then one student update against the *updated* D with D's
-    parameters excluded from the graph. With ``"fresh"`` (the WGAN papers' loop, where every
-    critic iteration draws a new minibatch): one D update per batch and one student update every
-    ``d_steps``-th batch, so an epoch has 1/d_steps as many student updates. The teacher runs in
-    eval mode under no_grad. In ``pretrained`` mode D is frozen (eval mode, no optimizer) and
-    only the student step runs.
+    ``discriminator`` is any module called as ``D(logits, labels) -> scores [batch]``. With
+    ``critic_batches: same``, per batch: ``d_steps`` D updates on (teacher logits, detached
+    student logits), then one student update against the *updated* D, D's parameters out of the
+    graph. With ``fresh`` (WGAN's loop): one D update per batch, a student update every
+    ``d_steps``-th batch. In ``pretrained`` mode D is frozen and only the student step runs.
     """
 
     def __init__(
         self,
         student: nn.Module,
-        teacher: nn.Module,
+        teacher: nn.Module | None,
         discriminator: nn.Module,
         objective: Objective,
-        *,
-        mode: Mode = "gan",
-        adversarial_weight: float = 1.0,
-        discriminator_weight: float = 1.0,
-        d_steps: int = 1,
-        label_smoothing: float = 0.0,
-        lipschitz: Literal["clip", "gp"] | None = None,
-        clip_value: float = 0.01,
-        gp_weight: float = 10.0,
-        fool_form: FoolForm = "seed",
-        critic_batches: Literal["same", "fresh"] = "same",
+        options: AdversarialOptions | Mapping[str, Any] | None = None,
     ) -> None:
-        if mode not in MODES:
-            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if teacher is None:
-            raise ConfigError("adversarial distillation needs a teacher: its logits are 'real'")
-        self.adversarial_weight = check_weight("adversarial_weight", adversarial_weight)
-        self.discriminator_weight = check_weight("discriminator_weight", discriminator_weight)
-        self.gp_weight = check_weight("gp_weight", gp_weight)
-        if int(d_steps) < 1:
-            raise ConfigError(
-                f"d_steps (discriminator steps per student step) must be ≥ 1, got {d_steps}"
-            )
-        if not 0.0 <= label_smoothing < 0.5:
-            raise ConfigError(
-                f"label_smoothing must be in [0, 0.5), got {label_smoothing}; it sets the real "
-                "target to 1 − label_smoothing (one-sided: fake targets stay 0)"
-            )
-        if label_smoothing and mode == "wgan":
-            raise ConfigError(
-                "label_smoothing applies to gan/pretrained D losses; a WGAN critic has no labels "
-                "to smooth — remove it"
-            )
-        if mode == "wgan":
-            lipschitz = lipschitz or "clip"
-        elif lipschitz is not None:
-            raise ConfigError(
-                f"lipschitz is a WGAN setting; mode {mode!r} does not use it — remove it or use "
-                "mode: wgan"
-            )
-        if lipschitz not in (None, "clip", "gp"):
-            raise ConfigError(f"lipschitz must be 'clip' or 'gp', got {lipschitz!r}")
-        if lipschitz == "clip" and not clip_value > 0:
-            raise ConfigError(f"clip_value must be > 0, got {clip_value}")
-        if lipschitz == "gp" and has_batch_norm(discriminator):
+        opts = parse_options(AdversarialOptions, options, "adversarial options are invalid")
+        teacher = require_teacher(teacher, "adversarial distillation reads the teacher's logits "
+                                  "as 'real'")  # fmt: skip
+        if opts.lipschitz_method == "gp" and has_batch_norm(discriminator):
             raise ConfigError(
                 "a gradient penalty needs a discriminator that scores each sample on its own, but "
                 "this one has BatchNorm (it mixes samples in a batch); use norm: layer or none"
             )
-        if critic_batches not in ("same", "fresh"):
-            raise ConfigError(f"critic_batches must be 'same' or 'fresh', got {critic_batches!r}")
-        if critic_batches == "fresh" and mode == "pretrained":
-            raise ConfigError(
-                "critic_batches applies to gan/wgan (a pretrained D takes no steps while the "
-                "student trains); remove it or change the mode"
-            )
-        if fool_form not in ("seed", "non_saturating"):
-            raise ConfigError(f"fool_form must be 'seed' or 'non_saturating', got {fool_form!r}")
         self.student, self.teacher, self.discriminator = student, teacher, discriminator
-        self.objective, self.mode = objective, mode
-        self.d_steps, self.real_target = int(d_steps), 1.0 - float(label_smoothing)
-        self.lipschitz, self.clip_value, self.fool_form = lipschitz, float(clip_value), fool_form
-        self.critic_batches, self._batches_seen = critic_batches, 0
+        self.objective, self.options, self.mode = objective, opts, opts.mode
+        self.real_target = 1.0 - opts.label_smoothing
+        self.lipschitz, self._batches_seen = opts.lipschitz_method, 0
         resolve_modules(student, objective.student_taps, "student")  # fail before training
         resolve_modules(teacher, objective.teacher_taps, "teacher")
         teacher.requires_grad_(False)
@@ -182,28 +214,31 @@ class AdversarialScheme(Scheme):
     def eval_model(self) -> nn.Module:
         return self.student
 
+    def reference(self) -> nn.Module | None:
+        return self.teacher
+
     def prepare(self, sample: Batch) -> None:
         """Check that D reads the teacher's logits; freeze a pretrained D; clip D's weights."""
         check_discriminator(self.discriminator, self.teacher, sample)
         if self.mode == "pretrained":  # frozen here, not at construction: it may pretrain first
             self.discriminator.requires_grad_(False)
         if self.lipschitz == "clip":
-            clip_weights(self.discriminator, self.clip_value)  # the bound holds from step 0
+            clip_weights(self.discriminator, self.options.clip_value)  # the bound holds from step 0
 
     def train_step(self, batch: Batch, update: Update) -> dict[str, float]:
         obj, labels = self.objective, batch.targets
-        fresh = self.critic_batches == "fresh"
+        fresh = self.options.critic_batches == "fresh"
         self._batches_seen += 1
-        student_turn = not fresh or self._batches_seen % self.d_steps == 0
+        student_turn = not fresh or self._batches_seen % self.options.d_steps == 0
         with torch.no_grad():
             teacher_out = self.forward(self.teacher, batch.inputs, obj.teacher_taps, "teacher")
         with torch.set_grad_enabled(student_turn):
             student_out = self.forward(self.student, batch.inputs, obj.student_taps, "student")
         real_logits = at_least_float32(teacher_out.logits)
-        metrics = {"acc": batch_accuracy(student_out.logits, labels)}
+        metrics: dict[str, float] = {"acc": batch_accuracy(student_out.logits, labels)}
         if self.mode != "pretrained":
             # D's steps see detached student logits: the D loss cannot reach the student.
-            steps = 1 if fresh else self.d_steps
+            steps = 1 if fresh else self.options.d_steps
             metrics.update(
                 self._discriminator_steps(real_logits, student_out.logits, labels, update, steps)
             )
@@ -214,7 +249,8 @@ class AdversarialScheme(Scheme):
         adversarial = self._student_term(fake)
         out = obj(student_out, teacher_out, batch)
         terms = {**out.terms, "adversarial": adversarial}
-        update("student", LossOutput(out.total + self.adversarial_weight * adversarial, terms))
+        weight = self.options.adversarial_weight
+        update("student", LossOutput(out.total + weight * adversarial, terms))
         if self.mode != "wgan":  # a critic's sign means nothing, a classifier's does
             metrics["fooled"] = float((fake.detach() > 0).float().mean())
         if self.mode == "pretrained":
@@ -231,7 +267,7 @@ class AdversarialScheme(Scheme):
             return gan_generator_loss(fake)
         if self.mode == "wgan":
             return wgan_generator_loss(fake)
-        return pretrained_fool_loss(fake, self.fool_form)
+        return pretrained_fool_loss(fake, self.options.fool_form)
 
     def _discriminator_steps(
         self, real: Tensor, student_logits: Tensor, labels: Tensor, update: Update, steps: int
@@ -248,125 +284,117 @@ class AdversarialScheme(Scheme):
                 base = wgan_critic_loss(real_scores, fake_scores)
                 terms = {"critic": base}
                 totals["wasserstein"] -= float(base.detach())  # E f(real) − E f(fake)
-            total = self.discriminator_weight * base
+            total = self.options.discriminator_weight * base
             if self.lipschitz == "gp":
                 terms["gp"] = gradient_penalty(D, real, fake_logits, labels)
-                total = total + self.gp_weight * terms["gp"]
+                total = total + self.options.gp_weight * terms["gp"]
             update("discriminator", LossOutput(total, terms))
             if self.lipschitz == "clip":
-                clip_weights(D, self.clip_value)
+                clip_weights(D, self.options.clip_value)
         key = "d_acc" if self.mode == "gan" else "wasserstein"
         return {key: totals[key] / steps}
 
 
-def check_discriminator(discriminator: nn.Module, teacher: nn.Module, sample: Batch) -> None:
-    """Raise ConfigError unless D maps the teacher's logits on ``sample`` to one score each."""
-    logits = predict_logits(teacher, sample.inputs)
-    was_training = discriminator.training
-    discriminator.eval()
-    try:
-        with torch.no_grad():
-            scores = discriminator(logits, sample.targets)
-    except (ValueError, RuntimeError) as err:
-        raise ConfigError(f"the discriminator cannot read the teacher's logits: {err}") from err
-    finally:
-        discriminator.train(was_training)
-    if not isinstance(scores, Tensor) or tuple(scores.shape) != (len(sample),):
-        shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
-        raise ConfigError(
-            f"the discriminator must return one score per sample, shape ({len(sample)},), "
-            f"got {shape}"
-        )
-
-
-class DiscriminatorPretraining(Scheme):
-    """Seed 004's first stage: train D to tell teacher logits (real) from a fixed generator's.
-
-    The generator is a fixed student (its initial weights, or a briefly trained "early" student)
-    in eval mode, so D learns against one fixed distribution of fakes. The D loss is the GAN one,
-    with optional one-sided label smoothing. Optimizer name: ``discriminator``.
-    """
-
-    def __init__(
-        self,
-        discriminator: nn.Module,
-        teacher: nn.Module,
-        generator: nn.Module,
-        real_target: float = 1.0,
-    ) -> None:
-        self.discriminator, self.teacher, self.generator = discriminator, teacher, generator
-        self.real_target = real_target
-        teacher.requires_grad_(False)
-        generator.requires_grad_(False)
-
-    def trainable(self) -> dict[str, nn.Module]:
-        return {"discriminator": self.discriminator}
-
-    def frozen(self) -> dict[str, nn.Module]:
-        return {"teacher": self.teacher, "generator": self.generator}
-
-    def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
-        return {"discriminator": list(self.discriminator.parameters())}
-
-    def eval_model(self) -> nn.Module:
-        return self.discriminator  # not a classifier: fit this scheme with val=None
-
-    def prepare(self, sample: Batch) -> None:
-        check_discriminator(self.discriminator, self.teacher, sample)
-
-    def train_step(self, batch: Batch, update: Update) -> dict[str, float]:
-        with torch.no_grad():
-            real = at_least_float32(self.forward(self.teacher, batch.inputs).logits)
-            fake = at_least_float32(self.forward(self.generator, batch.inputs).logits)
-        real_scores = self.discriminator(real, batch.targets)
-        fake_scores = self.discriminator(fake, batch.targets)
-        loss = gan_discriminator_loss(real_scores, fake_scores, self.real_target)
-        update("discriminator", LossOutput(loss, {"gan": loss}))
-        return {"d_acc": discriminator_accuracy(real_scores, fake_scores)}
-
-
-@torch.no_grad()
-def holdout_accuracy(
-    discriminator: nn.Module, teacher: nn.Module, generator: nn.Module, data: ArrayDataset
-) -> float:
-    """D's accuracy on teacher (real) vs generator (fake) logits of ``data``, in eval mode."""
-    real, fake = predict_logits(teacher, data.x), predict_logits(generator, data.x)
-    was_training = discriminator.training
-    discriminator.eval()
-    try:
-        return discriminator_accuracy(discriminator(real, data.y), discriminator(fake, data.y))
-    finally:
-        discriminator.train(was_training)
-
-
-def pretrain_discriminator(
-    discriminator: nn.Module,
-    teacher: nn.Module,
-    generator: nn.Module,
-    train: ArrayDataset,
-    settings: TrainSettings,
-    *,
-    holdout: ArrayDataset | None = None,
-    real_target: float = 1.0,
-    seed: int = 0,
-    progress: bool = False,
+def pretraining_phase(
+    scheme: AdversarialScheme, data: DataSplits, settings: TrainSettings, seed: int, progress: bool
 ) -> dict[str, Any]:
-    """Train D on the engine for ``settings.epochs``; returns its history and held-out accuracy.
+    """Seed 004's first stage, before the student trains: returns a summary for the run record.
 
-    ``settings.optimizers['discriminator']`` (if given) overrides ``settings.optimizer``.
+    The fake generator is a copy of the untrained student (``fake_student: init``), trained
+    on labels for ``early_epochs`` (``early``); D then learns teacher vs generator logits.
     """
-    scheme = DiscriminatorPretraining(discriminator, teacher, generator, real_target)
-    engine = Engine(settings, seed=seed, progress=progress, description="discriminator")
-    history = engine.fit(scheme, train, None)
-    summary: dict[str, Any] = {"epochs": settings.epochs, "history": history}
-    if holdout is not None and len(holdout):
-        summary["holdout_accuracy"] = holdout_accuracy(discriminator, teacher, generator, holdout)
+    opts = scheme.options
+    generator = copy.deepcopy(scheme.student)  # the student's initial weights, before training
+    if opts.fake_student == "early":
+        Engine(
+            phase_settings(settings, opts.early_epochs, "student"),
+            seed=seed, progress=progress, description="early student",
+        ).fit(OfflineScheme(generator, Objective([CrossEntropy()])), data.train, None)  # fmt: skip
+    pretraining = DiscriminatorPretraining(
+        scheme.discriminator, scheme.teacher, generator, scheme.real_target
+    )
+    summary = pretrain_discriminator(
+        pretraining, data.train, phase_settings(settings, opts.pretrain_epochs, "discriminator"),
+        data.val, seed, progress,
+    )  # fmt: skip
+    history = summary.pop("history")
+    summary["final_train_d_acc"] = history[-1]["d_acc"]
     return summary
 
 
+def fit_adversarial(
+    scheme: AdversarialScheme,
+    data: DataSplits,
+    settings: TrainSettings,
+    run: RunInfo,
+    recorder: Recorder | None = None,
+    callbacks: Sequence[EpochCallback] = (),
+) -> RunResult:
+    """Fit a built scheme (in ``pretrained`` mode: D's pretraining first) and record the run."""
+    recorder = recorder or Recorder()
+    opts = scheme.options
+    record: dict[str, Any] = {"options": opts.model_dump(mode="json")}
+    run = run.but(config={"adversarial": record})  # the summary below lands in it too
+    if opts.mode == "pretrained":
+        try:
+            record["pretraining"] = pretraining_phase(
+                scheme, data, settings, run.seed, recorder.progress
+            )
+        except Exception as err:  # the run failed before the student's training started
+            recorder.fail(recorder.start(run, run.config), err, "discriminator pretraining "
+                          "failed: ")  # fmt: skip
+            raise
+        # D stays frozen from here: the student's run has no discriminator optimizer.
+        settings = settings.model_copy(update={"optimizers": {
+            k: v for k, v in settings.optimizers.items() if k != "discriminator"
+        }})  # fmt: skip
+    return fit(scheme, data, settings, run, recorder, callbacks)
+
+
+def adversarial_distill(
+    teacher: nn.Module,
+    student: nn.Module,
+    data: DataSplits,
+    options: AdversarialOptions | Mapping[str, Any] | None = None,
+    loss: LossSpec | None = None,
+    settings: TrainSettings | None = None,
+    run: RunInfo | None = None,
+    recorder: Recorder | None = None,
+) -> RunResult:
+    """Distill ``teacher`` into ``student`` adversarially; returns the student's run.
+
+    ``loss`` is the student's non-adversarial part (default: cross-entropy with weight 1). D is
+    built from ``options.discriminator`` with ``run.seed``; for a discriminator of your own,
+    build :class:`AdversarialScheme` and call :func:`fit_adversarial`.
+    """
+    opts = parse_options(AdversarialOptions, options, "adversarial options are invalid")
+    run = run or RunInfo("distilled")
+    if run.name is None:
+        run = run.but(name=f"{opts.mode} s{run.seed}")
+    discriminator = build_discriminator(data.num_classes, run.seed, opts.discriminator)
+    objective = as_objective(loss if loss is not None else [CrossEntropy()])
+    # The scheme first: it checks everything before any pretraining starts.
+    scheme = AdversarialScheme(student, teacher, discriminator, objective, opts)
+    return fit_adversarial(scheme, data, settings or TrainSettings(), run, recorder)
+
+
+def run_adversarial(ctx: DistillContext) -> list[RunResult]:
+    assert isinstance(ctx.options, AdversarialOptions)
+    run = ctx.run("distilled", f"{ctx.options.mode} s{ctx.seed}")
+    return [adversarial_distill(ctx.teacher, ctx.new_student(), ctx.data, ctx.options,
+                                ctx.loss, ctx.train, run, ctx.recorder)]  # fmt: skip
+
+
+SCHEME = SchemeSpec(
+    "adversarial", run_adversarial, AdversarialOptions,
+    summary="student vs a logit discriminator: pretrained D, GAN or WGAN (seed 004)",
+)  # fmt: skip
+
 __all__ = [
+    "SCHEME",
+    "AdversarialOptions",
     "AdversarialScheme",
-    "DiscriminatorPretraining",
-    "holdout_accuracy",
-    "pretrain_discriminator",
+    "DiscriminatorOptions",
+    "adversarial_distill",
+    "fit_adversarial",
 ]

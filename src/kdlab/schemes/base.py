@@ -1,4 +1,5 @@
-"""Schemes: who learns from whom.
+"""What every scheme shares: the :class:`Scheme` base class and the :class:`DistillContext` of
+one seed.
 
 A scheme owns the trainable models (and any loss modules with parameters), names its optimizers'
 parameter groups, and for one batch computes losses and hands each to ``update`` — the engine's
@@ -6,26 +7,37 @@ backward/step for that optimizer. Handing losses over one at a time (rather than
 all) lets adversarial schemes step the discriminator before computing the student's loss against
 the updated discriminator. The engine knows nothing about distillation; schemes know nothing about
 epochs, checkpoints or progress bars.
+
+A scheme's file also holds its *plan for a seed*: a function of a :class:`DistillContext` (what
+the experiment prepared for one seed: data, teacher, loss, settings, options, how to build the
+student) that builds the scheme's models, fits them through :mod:`kdlab.runs` and returns the runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from kdlab.data.base import ArrayDataset
-from kdlab.losses.base import LossOutput
-from kdlab.taps import capture
-from kdlab.types import Batch, ModelOutput, as_output
-
-#: update(optimizer_name, loss) — zero_grad, backward, clip, step, with the non-finite guard.
-Update = Callable[[str, LossOutput], None]
+from kdlab.config import StageConfig
+from kdlab.data import ArrayDataset, DataSplits
+from kdlab.engine import Update
+from kdlab.errors import ConfigError
+from kdlab.inference import forward_with_taps, predict_logits
+from kdlab.models import build_model
+from kdlab.runs import Recorder, RunInfo
+from kdlab.seeding import derived_seed
+from kdlab.settings import Strict, TrainSettings
+from kdlab.types import Batch, ModelOutput
 
 
 class Scheme:
-    """Base class; subclasses implement ``trainable``, ``optimizer_groups`` and ``train_step``."""
+    """Base class; subclasses implement ``trainable``, ``optimizer_groups``, ``train_step`` and
+    ``eval_model`` (the :class:`~kdlab.engine.Trainable` and :class:`~kdlab.runs.Fittable`
+    protocols), and override the defaults below where they differ."""
 
     def trainable(self) -> dict[str, nn.Module]:
         """Modules whose parameters change (saved in checkpoints), by name."""
@@ -54,7 +66,14 @@ class Scheme:
         """The model whose accuracy is reported during training and kept as the result."""
         raise NotImplementedError
 
-    # -- shared helpers -------------------------------------------------------------------------
+    def reference(self) -> nn.Module | None:
+        """The teacher the result is compared with on test (agreement, KL, Φ_γ); None: none."""
+        return None
+
+    def recorded_loss(self) -> list[str]:
+        """The main model's loss terms, as recorded with its run."""
+        objective = getattr(self, "objective", None)
+        return [repr(t) for t in objective.terms] if objective is not None else []
 
     def set_mode(self, training: bool) -> None:
         for module in self.trainable().values():
@@ -67,12 +86,7 @@ class Scheme:
         model: nn.Module, inputs: Tensor, taps: Sequence[str] = (), role: str = "model"
     ) -> ModelOutput:
         """Run ``model`` and capture the outputs of the modules at ``taps`` (by path)."""
-        if not taps:
-            return as_output(model(inputs))
-        with capture(model, taps, role) as features:
-            out = as_output(model(inputs))
-        out.features.update(features)
-        return out
+        return forward_with_taps(model, inputs, taps, role)
 
     @torch.no_grad()
     def predict(self, data: ArrayDataset, batch_size: int = 1024) -> Tensor:
@@ -80,20 +94,53 @@ class Scheme:
         return predict_logits(self.eval_model(), data.x, batch_size)
 
 
-@torch.no_grad()
-def predict_logits(model: nn.Module, inputs: Tensor, batch_size: int = 1024) -> Tensor:
-    """Logits of ``model`` on ``inputs`` in eval mode, batched; restores the previous mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        chunks = [
-            as_output(model(inputs[i : i + batch_size])).logits.float()
-            for i in range(0, len(inputs), batch_size)
-        ]
-    finally:
-        model.train(was_training)
-    return torch.cat(chunks)
+def require_teacher(teacher: nn.Module | None, what: str) -> nn.Module:
+    """``teacher``, or a ConfigError saying ``what`` needs it and how to give one."""
+    if teacher is None:
+        raise ConfigError(
+            f"{what}, but there is none; train or load a teacher first (in an experiment "
+            "config: describe `teacher:` with a model, or a checkpoint)"
+        )
+    return teacher
 
 
-def batch_accuracy(logits: Tensor, targets: Tensor) -> float:
-    return (logits.detach().argmax(-1) == targets).float().mean().item()
+@dataclass
+class DistillContext:
+    """Everything a scheme's plan needs for one seed of one experiment."""
+
+    #: The splits; ``data.train`` holds the student's labelled examples (``train_subset``).
+    data: DataSplits
+    seed: int
+    teacher: nn.Module | None
+    #: ``distill.loss`` (None when the experiment trains in ``stages``).
+    loss: list[dict[str, Any]] | None
+    train: TrainSettings
+    options: Strict
+    new_student: Callable[[], nn.Module]  # same initial weights as the baseline student
+    #: The student's model spec, for schemes that build more models of its architecture.
+    student_model: dict[str, Any] = field(default_factory=dict)
+    stages: list[StageConfig] | None = None
+    recorder: Recorder = field(default_factory=Recorder)
+    config: dict[str, Any] = field(default_factory=dict)  # recorded with each run
+
+    def run(self, role: str, name: str, **config: Any) -> RunInfo:
+        """The RunInfo of one of this seed's runs, recording ``config`` beside the context's."""
+        return RunInfo(role, name, self.seed, {**self.config, **config})
+
+    def build(self, spec: Mapping[str, Any] | None, position: int) -> nn.Module:
+        """Extra model ``position`` (≥ 1) of this seed: initial weights from its derived seed.
+
+        ``spec`` None is the student's architecture.
+        """
+        if spec is None:
+            if not self.student_model:
+                raise ConfigError(
+                    "this scheme builds extra copies of the student's architecture, but the "
+                    "context carries no student model spec; list the models' specs explicitly"
+                )
+            spec = self.student_model
+        seed = derived_seed(self.seed, position)
+        return build_model(spec, self.data.input_shape, self.data.num_classes, seed=seed)
+
+
+__all__ = ["DistillContext", "Scheme", "Update", "require_teacher"]

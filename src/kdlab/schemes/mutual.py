@@ -21,19 +21,47 @@ equals one optimizer over all parameters for Adam and SGD, while it lets ``train
 give one peer its own learning rate (a large peer, or a teacher that keeps learning), keeps
 gradient clipping per model rather than coupling the peers through a global norm, and logs each
 peer's terms as ``peer<i>.<term>``.
+
+YAML::
+
+    teacher: null                 # no pre-trained teacher needed
+    distill:
+      scheme: mutual
+      options: {k: 3}             # the student + 2 more peers of its architecture
+      # options: {peers: [{type: mlp, hidden: [256, 256]}]}   # unequal peers
+      # options: {peers: [teacher]}  # the trained teacher keeps learning while it teaches
+      loss: [{type: ce}, {type: soft_target, temperature: 1, name: mutual}]   # DML's loss
+
+Python::
+
+    runs = mutual_learning([student, big_peer], data, settings=settings)
+
+Peer 1 is the student, with the baseline's initial weights: it is recorded with role
+``distilled`` (paired with the ``student`` baseline); the other peers as ``peer2`` … ``peerk``.
+A ``student`` entry is a fresh copy of the student's architecture (initial weights from its
+derived seed, kdlab.seeding), ``teacher`` a copy of the experiment's trained teacher.
+Validation during training (and ``train.keep_best``) concerns peer 1, the student; every peer is
+evaluated on test after training.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from pydantic import field_validator, model_validator
 from torch import nn
 
+from kdlab.data import DataSplits
 from kdlab.errors import ConfigError
-from kdlab.losses.base import LossOutput, Objective, Term, build_objective
-from kdlab.losses.tapped import prepare_terms
-from kdlab.schemes.base import Scheme, Update, batch_accuracy
+from kdlab.inference import batch_accuracy
+from kdlab.losses import LossOutput, Objective, Term, build_objective, prepare_terms
+from kdlab.models import check_model_specs
+from kdlab.runs import Recorder, RunInfo, RunResult, check_num_classes, fit, record_model
+from kdlab.schemes.base import DistillContext, Scheme, Update, require_teacher
+from kdlab.schemes.registry import SchemeSpec
+from kdlab.settings import Strict, TrainSettings
 from kdlab.taps import resolve_modules
 from kdlab.types import Batch, ModelOutput
 
@@ -107,6 +135,9 @@ class MutualScheme(Scheme):
     def eval_model(self) -> nn.Module:
         return self.peers[0]
 
+    def recorded_loss(self) -> list[str]:
+        return [repr(t) for t in self.objectives[0][1].terms]  # peer 1 learning from peer 2
+
     def prepare(self, sample: Batch) -> None:
         # Terms with shape-dependent adapters build them now, one per ordered pair (peer i's
         # feature mapped to peer j's), so that peer i's optimizer includes them.
@@ -150,4 +181,138 @@ class MutualScheme(Scheme):
         }
 
 
-__all__ = ["DML_LOSS", "MutualScheme", "PeerLoss"]
+PEER_ALIASES = ("student", "teacher")
+
+
+class MutualOptions(Strict):
+    """``distill.options`` of ``scheme: mutual``."""
+
+    #: Number of peers, the student included, when ``peers`` is not given (copies of the student).
+    k: int | None = None
+    #: The peers besides the student: model specs, ``student`` or ``teacher`` (see module doc).
+    peers: list[Any] | None = None
+
+    @field_validator("k")
+    @classmethod
+    def _enough(cls, k: int | None) -> int | None:
+        if k is not None and k < 2:
+            raise ValueError(
+                f"mutual learning needs k ≥ 2 peers (the student and at least one other), got {k}"
+            )
+        return k
+
+    @field_validator("peers")
+    @classmethod
+    def _specs(cls, peers: list[Any] | None) -> list[Any] | None:
+        if peers is None:
+            return None
+        if not peers:
+            raise ValueError(
+                "peers is empty, which leaves the student alone (k = 1); mutual learning needs "
+                "k ≥ 2: list at least one peer, e.g. [student] or [{type: mlp, hidden: [128]}]"
+            )
+        return check_model_specs(peers, "peers", PEER_ALIASES)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MutualOptions:
+        if self.k is not None and self.peers is not None and self.k != len(self.peers) + 1:
+            raise ValueError(
+                f"k is {self.k} but peers lists {len(self.peers)} peers besides the student "
+                f"(k = {len(self.peers) + 1}); give one of them, or make them agree"
+            )
+        return self
+
+    @property
+    def uses_teacher(self) -> bool:
+        return "teacher" in (self.peers or [])
+
+    def other_peers(self) -> list[Any]:
+        return self.peers if self.peers is not None else ["student"] * ((self.k or 2) - 1)
+
+
+def peer_history(history: Sequence[dict[str, float]], name: str) -> list[dict[str, float]]:
+    """One peer's columns of the joint history (``peer2.ce`` → ``ce``), with epoch, lr, time."""
+    prefix = f"{name}."
+    return [
+        {
+            **{k: v for k, v in row.items() if k in ("epoch", "lr", "seconds")},
+            **{k.removeprefix(prefix): v for k, v in row.items() if k.startswith(prefix)},
+        }
+        for row in history
+    ]
+
+
+def mutual_learning(
+    peers: Sequence[nn.Module],
+    data: DataSplits,
+    loss: PeerLoss = DML_LOSS,
+    settings: TrainSettings | None = None,
+    runs: Sequence[RunInfo] | None = None,
+    recorder: Recorder | None = None,
+) -> list[RunResult]:
+    """Train ``peers`` together by mutual learning; one run per peer (first: the joint run).
+
+    ``runs`` gives each peer's role, name, seed and config (default: roles ``peer1`` …, seed
+    0). The first peer's run holds the joint per-epoch history (every peer's terms, as
+    ``peer<i>.<term>``, and the first peer's validation metrics); each other peer's run holds
+    its own columns. Every peer is evaluated on test after the joint training.
+    """
+    scheme = MutualScheme(peers, loss)
+    k = len(scheme.peers)
+    runs = list(runs) if runs is not None else [RunInfo(n, f"{n} s0") for n in scheme.names]
+    if len(runs) != k:
+        raise ConfigError(f"give one RunInfo per peer: {k} peers, got {len(runs)}")
+    for peer, name in zip(scheme.peers, scheme.names, strict=True):
+        check_num_classes(peer, data, name)
+    common = {"scheme": "mutual", "peers": k}
+    first = fit(scheme, data, settings or TrainSettings(),
+                runs[0].but(config={**common, "peer": 1}), recorder)  # fmt: skip
+    results = [first]
+    for i in range(1, k):
+        results.append(record_model(
+            scheme.peers[i], data, runs[i].but(config={**common, "peer": i + 1}), recorder,
+            history=peer_history(first.history, scheme.names[i]),
+        ))  # fmt: skip
+    return results
+
+
+def _build_peers(ctx: DistillContext, opts: MutualOptions) -> list[nn.Module]:
+    peers = [ctx.new_student()]  # peer 1: the baseline's initial weights
+    for position, spec in enumerate(opts.other_peers(), start=1):
+        if spec == "teacher":
+            teacher = require_teacher(ctx.teacher, "distill.options.peers names 'teacher'")
+            peer = copy.deepcopy(teacher)  # trained weights; it keeps learning from here
+            peer.requires_grad_(True)
+        else:
+            peer = ctx.build(None if spec == "student" else spec, position)
+        peers.append(peer)
+    return peers
+
+
+def run_mutual(ctx: DistillContext) -> list[RunResult]:
+    opts = ctx.options
+    assert isinstance(opts, MutualOptions)
+    peers = _build_peers(ctx, opts)
+    kinds = ["student", *(s if isinstance(s, str) else s.get("type", "mlp")
+                          for s in opts.other_peers())]  # fmt: skip
+    runs = [
+        ctx.run("distilled" if i == 1 else f"peer{i}", f"mutual peer{i} ({kind}) s{ctx.seed}")
+        for i, kind in enumerate(kinds, start=1)
+    ]
+    return mutual_learning(peers, ctx.data, ctx.loss or DML_LOSS, ctx.train, runs, ctx.recorder)
+
+
+SCHEME = SchemeSpec(
+    "mutual", run_mutual, MutualOptions, needs_teacher=False,
+    summary="k peers learn together, each from the others (deep mutual learning)",
+)  # fmt: skip
+
+__all__ = [
+    "DML_LOSS",
+    "SCHEME",
+    "MutualOptions",
+    "MutualScheme",
+    "PeerLoss",
+    "mutual_learning",
+    "peer_history",
+]

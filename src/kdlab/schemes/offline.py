@@ -2,21 +2,58 @@
 
 Without a teacher it is plain supervised training, which is how kdlab trains teachers and
 students alone — one scheme, one loop, for all three.
+
+Multi-stage training is offline distillation run several times on one student: each stage has
+its own loss terms, settings and trainable parts. FitNets (seed 004) is the motivating case —
+stage 1 trains the student up to its guided layer on the hint loss, stage 2 runs KD on the whole
+student — but nothing here knows about hints::
+
+    distill:
+      stages:
+        - name: hint
+          trainable: [features.0, features.1]      # module paths of the student, or "all"
+          train: {epochs: 5}                       # overrides of distill.train / student.train
+          loss: [{type: hint, student: features.1, teacher: features.1}]
+        - name: kd
+          loss: [{type: ce, weight: 0.1}, {type: soft_target, weight: 0.9, temperature: 4}]
+
+Each stage is one run — its own optimizer (over the trainable parameters and the stage's adapters
+only), schedule, checkpoint, history and test metrics — because a stage *is* a training run with
+its own loss and settings. The last stage's run has role ``distilled`` (what tables compare with
+the student alone); earlier ones ``distilled-stage1``, …. Adapters belong to their stage's loss
+terms, so the exported student (``model.pt``) never contains them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import nn
 
+from kdlab.config import StageConfig
+from kdlab.data import DataSplits
+from kdlab.engine import EpochCallback
 from kdlab.errors import ConfigError
-from kdlab.freeze import hold_frozen_in_eval
-from kdlab.losses.base import Objective
-from kdlab.losses.tapped import prepare_terms
-from kdlab.schemes.base import Scheme, Update, batch_accuracy
+from kdlab.freeze import hold_frozen_in_eval, train_only
+from kdlab.inference import batch_accuracy
+from kdlab.losses import Objective, Term, build_objective, check_batch_sizes, prepare_terms
+from kdlab.runs import Recorder, RunInfo, RunResult, fit
+from kdlab.schemes.base import DistillContext, Scheme, Update
 from kdlab.schemes.cache import TeacherCache
+from kdlab.schemes.registry import SchemeSpec
+from kdlab.settings import TrainSettings, merge_settings
 from kdlab.taps import resolve_modules
 from kdlab.types import Batch, ModelOutput
+
+#: A loss as the Python API takes it: term objects or specs, or a built objective.
+LossSpec = Sequence[Term | Mapping[str, Any]] | Objective
+
+
+def as_objective(loss: LossSpec) -> Objective:
+    return loss if isinstance(loss, Objective) else build_objective(loss)
 
 
 class OfflineScheme(Scheme):
@@ -52,6 +89,9 @@ class OfflineScheme(Scheme):
     def frozen(self) -> dict[str, nn.Module]:
         return {"teacher": self.teacher} if self.teacher is not None else {}
 
+    def reference(self) -> nn.Module | None:
+        return self.teacher
+
     def prepare(self, sample: Batch) -> None:
         # Terms with shape-dependent adapters build them now, so the optimizer includes them.
         prepare_terms(self.objective, self.student, self.teacher, sample.inputs)
@@ -84,3 +124,90 @@ class OfflineScheme(Scheme):
         student_out = self.forward(self.student, batch.inputs, obj.student_taps, "student")
         update("student", self.objective(student_out, teacher_out, batch))
         return {"acc": batch_accuracy(student_out.logits, batch.targets)}
+
+
+def fit_offline(
+    model: nn.Module,
+    data: DataSplits,
+    loss: LossSpec,
+    settings: TrainSettings,
+    teacher: nn.Module | None = None,
+    run: RunInfo | None = None,
+    recorder: Recorder | None = None,
+    callbacks: Sequence[EpochCallback] = (),
+) -> RunResult:
+    """Train ``model`` on ``loss`` (distilling ``teacher``, if given) and record the run."""
+    scheme = OfflineScheme(model, as_objective(loss), teacher, settings.cache_teacher)
+    return fit(scheme, data, settings, run or RunInfo(), recorder, callbacks)
+
+
+@dataclass
+class Stage:
+    """One stage for :func:`fit_stages` (the Python form of :class:`~kdlab.config.StageConfig`)."""
+
+    loss: LossSpec
+    settings: TrainSettings | None = None
+    trainable: Sequence[str] | str = "all"
+    name: str | None = None
+
+
+def stages_from_config(configs: Sequence[StageConfig], base: TrainSettings) -> list[Stage]:
+    return [Stage(c.loss, merge_settings(base, c.train), c.trainable, c.name) for c in configs]
+
+
+def fit_stages(
+    student: nn.Module,
+    data: DataSplits,
+    stages: Sequence[Stage],
+    teacher: nn.Module | None = None,
+    run: RunInfo | None = None,
+    recorder: Recorder | None = None,
+) -> list[RunResult]:
+    """Train ``student`` through ``stages`` in order; one :class:`RunResult` per stage.
+
+    ``run`` names the last stage's run (default role ``distilled``); earlier stages get the
+    role suffixed ``-stage<i>``. A stage without settings trains with default settings.
+    """
+    if not stages:
+        raise ConfigError("fit_stages needs at least one stage")
+    run = run or RunInfo("distilled")
+    n, runs = len(stages), []
+    for i, stage in enumerate(stages):
+        settings = stage.settings or TrainSettings()
+        objective = as_objective(stage.loss)
+        check_batch_sizes(objective, len(data.train), settings.batch_size)
+        label = f" ({stage.name})" if stage.name else ""
+        info = {"index": i + 1, "of": n, "name": stage.name, "trainable": stage.trainable}
+        stage_run = run if n == 1 else run.but(
+            role=run.role if i == n - 1 else f"{run.role}-stage{i + 1}",
+            name=f"{run.label} stage {i + 1}/{n}{label}", config={"stage": info},
+        )  # fmt: skip
+        with train_only(student, stage.trainable, "student"):
+            runs.append(fit_offline(student, data, objective, settings, teacher, stage_run,
+                                    recorder))  # fmt: skip
+    return runs
+
+
+def run_offline(ctx: DistillContext) -> list[RunResult]:
+    """One run with ``distill.loss``, or one run per entry of ``distill.stages``."""
+    if ctx.stages:
+        stages = stages_from_config(ctx.stages, ctx.train)
+    else:
+        stages = [Stage(ctx.loss or [], ctx.train)]
+    run = ctx.run("distilled", f"distilled s{ctx.seed}")
+    return fit_stages(ctx.new_student(), ctx.data, stages, ctx.teacher, run, ctx.recorder)
+
+
+SCHEME = SchemeSpec("offline", run_offline, summary="frozen teacher → student (Hinton et al.)")
+
+__all__ = [
+    "SCHEME",
+    "LossSpec",
+    "OfflineScheme",
+    "Stage",
+    "as_objective",
+    "fit_offline",
+    "fit_stages",
+    "run_offline",
+    "stages_from_config",
+]

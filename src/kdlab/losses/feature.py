@@ -13,17 +13,17 @@ batch-size check of losses that compare samples within a batch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from kdlab.divergences import at_least_float32
 from kdlab.errors import ConfigError
-from kdlab.losses.base import Objective, Term, at_least_float32
+from kdlab.inference import eval_forward
+from kdlab.losses.base import Objective, Term
 from kdlab.losses.connectors import Connector, Match, build_connector, check_adapter, shapes_fit
-from kdlab.taps import capture
-from kdlab.types import ModelOutput, as_output
+from kdlab.types import ModelOutput
 
 
 class FeatureTerm(Term):
@@ -141,7 +141,7 @@ class FeatureTerm(Term):
                 raise ConfigError(
                     f"{self._where()}features {shapes[0]} and {shapes[1]} need a trainable "
                     "adapter, which must exist before the optimizer is built: call "
-                    "kdlab.losses.tapped.prepare_terms (kdlab's schemes do it in prepare())"
+                    "kdlab.losses.feature.prepare_terms (kdlab's schemes do it in prepare())"
                 )
         elif shapes != self._built_for:
             built_s, built_t = self._built_for or ((), ())
@@ -162,20 +162,6 @@ class FeatureTerm(Term):
         )
 
 
-def _eval_forward(model: nn.Module, inputs: Tensor, taps: Sequence[str], role: str) -> ModelOutput:
-    """Forward in eval mode (BatchNorm statistics untouched), restoring every module's mode."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with capture(model, taps, role) as feats:
-            out = as_output(model(inputs))
-        out.features.update(feats)
-    finally:
-        for module, flag in modes:
-            module.training = flag
-    return out
-
-
 @torch.no_grad()
 def prepare_terms(
     objective: Objective, student: nn.Module, teacher: nn.Module | None, inputs: Tensor
@@ -188,10 +174,10 @@ def prepare_terms(
     terms = [t for t in objective.terms if t.weight > 0 and callable(getattr(t, "prepare", None))]
     if not terms:
         return
-    s_out = _eval_forward(student, inputs, objective.student_taps, "student")
+    s_out = eval_forward(student, inputs, objective.student_taps, "student")
     t_out = None
     if teacher is not None:
-        t_out = _eval_forward(teacher, inputs, objective.teacher_taps, "teacher")
+        t_out = eval_forward(teacher, inputs, objective.teacher_taps, "teacher")
     for term in terms:
         term.prepare(s_out, t_out)  # type: ignore[operator]
 

@@ -19,9 +19,9 @@ Python::
 
     runs = assistant_chain(teacher, [MLP(64, [128]), student], data, hinton_loss(), settings)
 
-Assistants start from weights drawn from seed + 1000·position and learn from the student's
-training examples (``student.train_subset`` applies to the whole chain): the chain is a way to
-distill, and sees the data the distillation sees.
+Assistants start from weights drawn from their derived seeds (kdlab.seeding) and learn from the
+student's training examples (``student.train_subset`` applies to the whole chain): the chain is a
+way to distill, and sees the data the distillation sees.
 """
 
 from __future__ import annotations
@@ -32,13 +32,14 @@ from typing import Any
 from pydantic import field_validator
 from torch import nn
 
-from kdlab.api import LossSpec, RunResult, fit_model
-from kdlab.data.base import ArrayDataset, DataSplits
+from kdlab.data import DataSplits
 from kdlab.errors import ConfigError
-from kdlab.runners import DistillContext, Runner, register_runner
-from kdlab.runners.common import SEED_STRIDE, build_seeded, check_specs
+from kdlab.models import check_model_specs
+from kdlab.runs import Recorder, RunInfo, RunResult
+from kdlab.schemes.base import DistillContext, require_teacher
+from kdlab.schemes.offline import LossSpec, fit_offline
+from kdlab.schemes.registry import SchemeSpec
 from kdlab.settings import Strict, TrainSettings
-from kdlab.store import RunStore
 
 
 class AssistantOptions(Strict):
@@ -58,35 +59,10 @@ class AssistantOptions(Strict):
                 "assistants: [{type: mlp, hidden: [128]}]; for teacher → student alone use "
                 "scheme: offline"
             )
-        return check_specs(assistants, "assistants")
+        return check_model_specs(assistants, "assistants")
 
 
-def assistant_chain(
-    teacher: nn.Module | None,
-    chain: Sequence[nn.Module | None],
-    data: DataSplits,
-    loss: LossSpec,
-    settings: TrainSettings | None = None,
-    *,
-    assistant_settings: TrainSettings | None = None,
-    train_set: ArrayDataset | None = None,
-    seed: int = 0,
-    roles: Sequence[str] | None = None,
-    store: RunStore | None = None,
-    experiment: str = "adhoc",
-    progress: bool = True,
-    gamma: float = 1.0,
-    ece_bins: int = 15,
-    config: dict[str, Any] | None = None,
-) -> list[RunResult]:
-    """Distill ``teacher`` into ``chain[0]``, that into ``chain[1]``, …; the last is the student.
-
-    Returns one run per model of ``chain``. ``assistant_settings`` trains every link but the
-    last (default: ``settings``).
-    """
-    if teacher is None:
-        raise ConfigError("a teacher-assistant chain starts from a trained teacher, got None")
-    chain = list(chain)
+def _check_chain(chain: Sequence[nn.Module | None]) -> None:
     if len(chain) < 2:
         raise ConfigError(
             f"a teacher-assistant chain needs at least one assistant and the student, got "
@@ -100,44 +76,53 @@ def assistant_chain(
             f"the chain teacher → {len(chain) - 1} assistant(s) → student is missing {where}: "
             "every link needs a model"
         )
-    roles = list(roles) if roles is not None else [
-        *(f"assistant{i}" for i in range(1, len(chain))), "distilled"
-    ]  # fmt: skip
-    config = {**(config or {}), "scheme": "assistant", "chain_length": len(chain)}
+
+
+def assistant_chain(
+    teacher: nn.Module | None,
+    chain: Sequence[nn.Module | None],
+    data: DataSplits,
+    loss: LossSpec,
+    settings: TrainSettings | None = None,
+    assistant_settings: TrainSettings | None = None,
+    run: RunInfo | None = None,
+    recorder: Recorder | None = None,
+) -> list[RunResult]:
+    """Distill ``teacher`` into ``chain[0]``, that into ``chain[1]``, …; the last is the student.
+
+    Returns one run per model of ``chain``: roles ``assistant1`` …, the student's is ``run``'s
+    role when it is not the default ``model`` (else ``distilled``). ``assistant_settings`` trains
+    every link but the last (default: ``settings``).
+    """
+    previous = require_teacher(teacher, "a teacher-assistant chain starts from a trained teacher")
+    _check_chain(chain)
+    settings = settings or TrainSettings()
+    run = (run or RunInfo()).but(config={"scheme": "assistant", "chain_length": len(chain)})
+    student_role = "distilled" if run.role == "model" else run.role
+    roles = [*(f"assistant{i}" for i in range(1, len(chain))), student_role]
     runs: list[RunResult] = []
-    previous = teacher
     for i, (model, role) in enumerate(zip(chain, roles, strict=True)):
         is_student = i == len(chain) - 1
-        run = fit_model(
-            model, data, loss, settings if is_student else (assistant_settings or settings),
-            teacher=previous, train_set=train_set, seed=seed, role=role, name=f"{role} s{seed}",
-            config={**config, "link": i + 1}, store=store, experiment=experiment,
-            progress=progress, gamma=gamma, ece_bins=ece_bins,
-        )  # fmt: skip
-        runs.append(run)
-        previous = run.model
+        link = run.but(role=role, name=f"{role} s{run.seed}", config={"link": i + 1})
+        link_settings = settings if is_student else (assistant_settings or settings)
+        runs.append(fit_offline(model, data, loss, link_settings, previous, link, recorder))
+        previous = runs[-1].model
     return runs
 
 
 def run_assistant(ctx: DistillContext) -> list[RunResult]:
     opts = ctx.options
     assert isinstance(opts, AssistantOptions)
-    if ctx.teacher is None:
-        raise ConfigError("scheme 'assistant' distills a pre-trained teacher, but there is none")
-    assistants = [
-        build_seeded(spec, ctx.data, ctx.seed + SEED_STRIDE * position)
-        for position, spec in enumerate(opts.assistants, start=1)
-    ]
+    assistants = [ctx.build(spec, position) for position, spec in enumerate(opts.assistants, 1)]
     return assistant_chain(
-        ctx.teacher, [*assistants, ctx.new_student()], ctx.data, ctx.loss, ctx.train,
-        assistant_settings=opts.assistant_train, train_set=ctx.train_set, seed=ctx.seed,
-        config=ctx.config, **ctx.fit_kwargs,
+        ctx.teacher, [*assistants, ctx.new_student()], ctx.data, ctx.loss or [], ctx.train,
+        opts.assistant_train, RunInfo("distilled", seed=ctx.seed, config=ctx.config), ctx.recorder,
     )  # fmt: skip
 
 
-register_runner(Runner(
+SCHEME = SchemeSpec(
     "assistant", run_assistant, AssistantOptions,
     summary="teacher → assistant(s) → student, each link an offline distillation (TAKD)",
-))  # fmt: skip
+)  # fmt: skip
 
-__all__ = ["AssistantOptions", "assistant_chain"]
+__all__ = ["SCHEME", "AssistantOptions", "assistant_chain"]

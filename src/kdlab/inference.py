@@ -1,0 +1,65 @@
+"""Running a model outside training: logits of a whole split, and forward passes with taps.
+
+Shared by the engine (validation), the runs layer (test metrics), schemes (teacher and student
+passes) and loss terms (one eval-mode pass to size their adapters), so that every caller restores
+the model's mode and removes its hooks the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from kdlab.taps import capture
+from kdlab.types import ModelOutput, as_output
+
+
+def forward_with_taps(
+    model: nn.Module, inputs: Tensor, taps: Sequence[str] = (), role: str = "model"
+) -> ModelOutput:
+    """Run ``model`` and capture the outputs of the modules at ``taps`` (by path)."""
+    if not taps:
+        return as_output(model(inputs))
+    with capture(model, taps, role) as features:
+        out = as_output(model(inputs))
+    out.features.update(features)
+    return out
+
+
+def eval_forward(
+    model: nn.Module, inputs: Tensor, taps: Sequence[str] = (), role: str = "model"
+) -> ModelOutput:
+    """:func:`forward_with_taps` in eval mode (BatchNorm statistics untouched), restoring every
+    module's own mode afterwards (a partly frozen model keeps its mix of modes)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        return forward_with_taps(model, inputs, taps, role)
+    finally:
+        for module, flag in modes:
+            module.training = flag
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, inputs: Tensor, batch_size: int = 1024) -> Tensor:
+    """Logits of ``model`` on ``inputs`` in eval mode, batched; restores the previous mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        chunks = [
+            as_output(model(inputs[i : i + batch_size])).logits.float()
+            for i in range(0, len(inputs), batch_size)
+        ]
+    finally:
+        model.train(was_training)
+    return torch.cat(chunks)
+
+
+def batch_accuracy(logits: Tensor, targets: Tensor) -> float:
+    """Top-1 accuracy of one batch, as a float for the epoch's running means."""
+    return (logits.detach().argmax(-1) == targets).float().mean().item()
+
+
+__all__ = ["batch_accuracy", "eval_forward", "forward_with_taps", "predict_logits"]

@@ -1,0 +1,264 @@
+"""The runs layer: fit a scheme on the engine, evaluate the result, record it in the run store.
+
+Every model kdlab trains or evaluates becomes one *run*: a row in the store with its config,
+per-epoch history, test metrics and weights. Two objects travel together through every scheme:
+
+- :class:`RunInfo` says what a run *is* — its role (``teacher``, ``student``, ``distilled``, …),
+  display name, seed and the config recorded with it;
+- :class:`Recorder` says where and how runs are *recorded* — the store (optional), the experiment
+  name, progress bars and the metric options (Φ_γ's γ, ECE bins).
+
+:func:`fit` trains anything that follows :class:`Fittable` (kdlab's schemes) with the engine;
+:func:`record_model` records a model trained elsewhere (mutual-learning peers, snapshots,
+ensembles, loaded checkpoints).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from kdlab import checkpoint as ckpt
+from kdlab.data import ArrayDataset, DataSplits
+from kdlab.engine import Engine, EpochCallback, Trainable
+from kdlab.errors import ConfigError
+from kdlab.inference import predict_logits
+from kdlab.metrics import classification_metrics
+from kdlab.settings import TrainSettings
+from kdlab.store import RunStore
+
+
+@dataclass
+class RunResult:
+    """A trained model with its test metrics and per-epoch history (and run id when stored).
+
+    ``model`` is None only for a run read back from the store (``run_experiment(resume=True)``).
+    """
+
+    model: nn.Module | None
+    metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    run_id: str | None = None
+    role: str = "model"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What one run is: its role, display name (default: the role), seed and recorded config."""
+
+    role: str = "model"
+    name: str | None = None
+    seed: int = 0
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.role
+
+    def but(self, **changes: Any) -> RunInfo:
+        """A copy with ``changes``; a ``config`` mapping is merged into the recorded config."""
+        if "config" in changes:
+            changes["config"] = {**self.config, **changes["config"]}
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class Recorder:
+    """Where and how runs are recorded: the store (None: nowhere), experiment, progress, metrics."""
+
+    store: RunStore | None = None
+    experiment: str = "adhoc"
+    progress: bool = True
+    #: Temperature γ of the distillation error Φ_γ,n (seed 001 §7) and the ECE bin count.
+    gamma: float = 1.0
+    ece_bins: int = 15
+
+    def evaluate(
+        self, model: nn.Module, test: ArrayDataset, teacher: nn.Module | None = None
+    ) -> dict[str, float]:
+        return evaluate(model, test, teacher, gamma=self.gamma, ece_bins=self.ece_bins)
+
+    def start(self, run: RunInfo, config: Mapping[str, Any]) -> str | None:
+        """Create the run's row (status ``running``); None without a store."""
+        if self.store is None:
+            return None
+        return self.store.create_run(
+            experiment=self.experiment, name=run.label, role=run.role, seed=run.seed,
+            config=dict(config),
+        )  # fmt: skip
+
+    def fail(self, run_id: str | None, err: BaseException, context: str = "") -> None:
+        if self.store is not None and run_id is not None:
+            self.store.fail_run(run_id, context + error_text(err))
+
+    def save_weights(self, run_id: str, model: nn.Module, epochs: int) -> str:
+        """Save a run's final weights as its ``model.pt``; returns the file's path."""
+        assert self.store is not None
+        state = {"format": ckpt.FORMAT, "version": ckpt.VERSION, "epoch": epochs,
+                 "models": {"model": model.state_dict()}}  # fmt: skip
+        return str(ckpt.save_atomic(state, self.store.run_dir(run_id) / "model.pt"))
+
+
+class Fittable(Trainable, Protocol):
+    """A :class:`~kdlab.engine.Trainable` that also says how its result is judged and recorded."""
+
+    def reference(self) -> nn.Module | None:
+        """The teacher the result's agreement, KL and Φ_γ are measured against (None: none)."""
+        ...
+
+    def recorded_loss(self) -> list[str]:
+        """The loss terms of the main model, as recorded with the run."""
+        ...
+
+
+def error_text(err: BaseException) -> str:
+    """The one-line form of an exception that a failed run keeps in the store."""
+    return "".join(traceback.format_exception_only(err)).strip()
+
+
+def check_num_classes(model: nn.Module, data: DataSplits, role: str) -> None:
+    """Fail before training when a model's output does not have one logit per class."""
+    sample = data.train.x[:2]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(sample)
+    except Exception as err:
+        raise ConfigError(
+            f"the {role} cannot process inputs of shape {tuple(sample.shape[1:])} from "
+            f"{data.name}: {err}"
+        ) from err
+    finally:
+        model.train(was_training)
+    logits = getattr(out, "logits", out)
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (
+        len(sample),
+        data.num_classes,
+    ):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ConfigError(
+            f"the {role} outputs {shape} for a batch of {len(sample)}, but {data.name} has "
+            f"{data.num_classes} classes: it must return logits of shape [batch, "
+            f"{data.num_classes}] (set its num_classes to {data.num_classes})"
+        )
+
+
+def fit(
+    scheme: Fittable,
+    data: DataSplits,
+    settings: TrainSettings,
+    run: RunInfo,
+    recorder: Recorder | None = None,
+    callbacks: Sequence[EpochCallback] = (),
+) -> RunResult:
+    """Train ``scheme`` on ``data.train`` (validating on ``data.val``), evaluate its
+    ``eval_model()`` on ``data.test`` against its ``reference()``, and record the run.
+
+    ``callbacks`` run after each epoch's row (e.g. to snapshot weights at an early epoch).
+    """
+    recorder = recorder or Recorder()
+    model, teacher = scheme.eval_model(), scheme.reference()
+    check_num_classes(model, data, run.role)
+    if teacher is not None:
+        check_num_classes(teacher, data, "teacher")
+    config = {"settings": settings.model_dump(mode="json"), "loss": scheme.recorded_loss(),
+              **run.config}  # fmt: skip
+    run_id = recorder.start(run, config)
+    loggers: list[EpochCallback] = []  # the store's logger runs first
+    if recorder.store is not None and run_id is not None:
+        loggers.append(_epoch_logger(recorder.store, run_id))
+    engine = Engine(
+        settings, seed=run.seed, progress=recorder.progress, callbacks=[*loggers, *callbacks],
+        description=run.label,
+        checkpoint_path=recorder.store.run_dir(run_id) / "checkpoint.pt" if run_id else None,
+    )  # fmt: skip
+    try:
+        history = engine.fit(scheme, data.train, data.val)
+        metrics = recorder.evaluate(model, data.test, teacher)
+        if recorder.store is not None and run_id is not None:
+            artefacts = {
+                "model": recorder.save_weights(run_id, model, settings.epochs),
+                "checkpoint": str(recorder.store.run_dir(run_id) / "checkpoint.pt"),
+            }
+            recorder.store.finish_run(run_id, metrics, artefacts)
+    except BaseException as err:
+        recorder.fail(run_id, err)
+        raise
+    return RunResult(model, metrics, history, run_id, run.role, run.seed)
+
+
+def _epoch_logger(store: RunStore, run_id: str) -> EpochCallback:
+    def log(row: dict[str, float]) -> None:
+        store.log_epoch(run_id, int(row["epoch"]), {k: v for k, v in row.items() if k != "epoch"})
+
+    return log
+
+
+def record_model(
+    model: nn.Module,
+    data: DataSplits,
+    run: RunInfo,
+    recorder: Recorder | None = None,
+    *,
+    teacher: nn.Module | None = None,
+    history: Sequence[Mapping[str, float]] = (),
+    weights_file: str | None = None,
+) -> RunResult:
+    """Evaluate an already-trained model on test and record it as a finished run.
+
+    For models a scheme trains jointly with others (mutual-learning peers), for snapshots
+    (an early-stopped teacher) and for combinations of trained models (ensembles): ``history``
+    is stored as the run's per-epoch rows, the weights as its ``model.pt`` — or, for a model
+    loaded from ``weights_file``, that file is recorded as the run's model and nothing is written.
+    """
+    recorder = recorder or Recorder()
+    metrics = recorder.evaluate(model, data.test, teacher)
+    rows = [dict(row) for row in history]
+    run_id = recorder.start(run, run.config)
+    if recorder.store is not None and run_id is not None:
+        try:
+            log = _epoch_logger(recorder.store, run_id)
+            for row in rows:
+                log(row)
+            weights = weights_file or recorder.save_weights(run_id, model, len(rows))
+            recorder.store.finish_run(run_id, metrics, {"model": weights})
+        except BaseException as err:
+            recorder.fail(run_id, err)
+            raise
+    return RunResult(model, metrics, rows, run_id, run.role, run.seed)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    test: ArrayDataset,
+    teacher: nn.Module | None = None,
+    *,
+    gamma: float = 1.0,
+    ece_bins: int = 15,
+) -> dict[str, float]:
+    """Test metrics of ``model`` (and, with a teacher, how closely it follows the teacher)."""
+    logits = predict_logits(model, test.x)
+    teacher_logits = predict_logits(teacher, test.x) if teacher is not None else None
+    return classification_metrics(logits, test.y, teacher_logits, gamma=gamma, n_bins=ece_bins)
+
+
+__all__ = [
+    "Fittable",
+    "Recorder",
+    "RunInfo",
+    "RunResult",
+    "check_num_classes",
+    "error_text",
+    "evaluate",
+    "fit",
+    "record_model",
+]
