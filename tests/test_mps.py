@@ -277,3 +277,12 @@ def test_from_linear_reproduces_linear_model() -> None:
     assert torch.equal(padded.forward_log(x)[0].argmax(-1), ref.argmax(-1))
     with pytest.raises(ValueError, match="needs bond_dim >= 11"):
         MPS.from_linear(w, b, 10)
+
+
+def test_the_mps_classes_are_exported_where_the_readme_says() -> None:
+    import kdlab.models
+    from kdlab.models import build_model
+
+    assert kdlab.models.MPS is MPS and kdlab.models.StackedMPS is StackedMPS
+    built = build_model({"type": "mps", "bond_dim": 3}, (4,), 2, seed=0)
+    assert type(built) is MPS and built.bond_dim == 3

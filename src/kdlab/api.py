@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
 from torch import nn
+from typing_extensions import Unpack
 
 from kdlab.data import ArrayDataset, DataSplits
 from kdlab.engine import EpochCallback
@@ -65,7 +66,7 @@ def fit_model(
     settings: TrainSettings | None = None,
     *,
     teacher: nn.Module | None = None,
-    **options: Any,
+    **options: Unpack[RunOptions],
 ) -> RunResult:
     """Train ``model`` on ``data.train`` (or ``train_set``) with ``loss``; evaluate on test.
 
@@ -89,7 +90,7 @@ def train(
     loss: LossSpec | None = None,
     epochs: int | None = None,
     settings: TrainSettings | None = None,
-    **options: Any,
+    **options: Unpack[RunOptions],
 ) -> RunResult:
     """Train a model on labels (cross-entropy unless ``loss`` says otherwise)."""
     return fit_model(model, data, loss, _with_epochs(settings, epochs), **options)
@@ -103,7 +104,7 @@ def distill(
     loss: LossSpec | None = None,
     epochs: int | None = None,
     settings: TrainSettings | None = None,
-    **options: Any,
+    **options: Unpack[RunOptions],
 ) -> RunResult:
     """Offline distillation; the default loss is Hinton's 0.1·CE + 0.9·T²·KL at T = 4."""
     objective = as_objective(loss) if loss is not None else Objective(hinton_loss(4.0, 0.9))
