@@ -62,7 +62,7 @@ class RunInfo:
     def label(self) -> str:
         return self.name or self.role
 
-    def but(self, **changes: Any) -> RunInfo:
+    def replace(self, **changes: Any) -> RunInfo:
         """A copy with ``changes``; a ``config`` mapping is merged into the recorded config."""
         if "config" in changes:
             changes["config"] = {**self.config, **changes["config"]}

@@ -57,7 +57,7 @@ def build_teacher(
     teacher = Teacher(models[0])
     for m, (model, path) in enumerate(zip(models, paths, strict=True)):
         name = f"teacher s{run.seed}" if n == 1 else f"teacher s{run.seed} member {m + 1}/{n}"
-        member = run.but(role=role, name=name, config={"member": m + 1} if n > 1 else {})
+        member = run.replace(role=role, name=name, config={"member": m + 1} if n > 1 else {})
         reusable = stored is not None and path is None and not t.use_epoch
         done = stored.finished_run(role, name) if reusable and stored else None
         if done is not None:
@@ -66,7 +66,7 @@ def build_teacher(
         elif path is None:
             runs = _train(t, model, data, member, recorder)
         else:
-            loaded = member.but(name=f"{name} (loaded)", config={"checkpoint": path})
+            loaded = member.replace(name=f"{name} (loaded)", config={"checkpoint": path})
             runs = [record_model(model, data, loaded, recorder, weights_file=path)]
         teacher.runs += runs
         models[m] = runs[-1].model  # with use_epoch: the early snapshot
@@ -74,7 +74,7 @@ def build_teacher(
         teacher.model = models[0]
         return teacher
     teacher.model = EnsembleTeacher(models, temperature=t.ensemble_temperature)
-    info = run.but(role="teacher", name=f"teacher s{run.seed} (ensemble of {n})",
+    info = run.replace(role="teacher", name=f"teacher s{run.seed} (ensemble of {n})",
                    config={"members": n})  # fmt: skip
     teacher.runs.append(record_model(teacher.model, data, info, recorder))
     return teacher
@@ -113,7 +113,7 @@ def _train(
                 snapshot["state"] = copy.deepcopy(model.state_dict())
 
         callbacks.append(keep)
-    full_run = run if t.use_epoch is None else run.but(
+    full_run = run if t.use_epoch is None else run.replace(
         role=f"{run.role}_final", name=f"{run.label} (all {t.train.epochs} epochs)"
     )  # fmt: skip
     full = fit_offline(model, data, t.loss, t.train, None, full_run, recorder, callbacks)
@@ -123,7 +123,7 @@ def _train(
     early.load_state_dict(snapshot["state"])
     early_run = record_model(
         early, data,
-        run.but(name=f"{run.label} @ epoch {t.use_epoch}", config={"use_epoch": t.use_epoch}),
+        run.replace(name=f"{run.label} @ epoch {t.use_epoch}", config={"use_epoch": t.use_epoch}),
         recorder, history=full.history[: t.use_epoch],
     )  # fmt: skip
     return [full, early_run]

@@ -334,7 +334,7 @@ def fit_adversarial(
     recorder = recorder or Recorder()
     opts = scheme.options
     record: dict[str, Any] = {"options": opts.model_dump(mode="json")}
-    run = run.but(config={"adversarial": record})  # the summary below lands in it too
+    run = run.replace(config={"adversarial": record})  # the summary below lands in it too
     if opts.mode == "pretrained":
         try:
             record["pretraining"] = pretraining_phase(
@@ -370,7 +370,7 @@ def adversarial_distill(
     opts = parse_options(AdversarialOptions, options, "adversarial options are invalid")
     run = run or RunInfo("distilled")
     if run.name is None:
-        run = run.but(name=f"{opts.mode} s{run.seed}")
+        run = run.replace(name=f"{opts.mode} s{run.seed}")
     discriminator = build_discriminator(data.num_classes, run.seed, opts.discriminator)
     objective = as_objective(loss if loss is not None else [CrossEntropy()])
     # The scheme first: it checks everything before any pretraining starts.

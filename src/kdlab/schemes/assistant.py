@@ -97,13 +97,13 @@ def assistant_chain(
     previous = require_teacher(teacher, "a teacher-assistant chain starts from a trained teacher")
     _check_chain(chain)
     settings = settings or TrainSettings()
-    run = (run or RunInfo()).but(config={"scheme": "assistant", "chain_length": len(chain)})
+    run = (run or RunInfo()).replace(config={"scheme": "assistant", "chain_length": len(chain)})
     student_role = "distilled" if run.role == "model" else run.role
     roles = [*(f"assistant{i}" for i in range(1, len(chain))), student_role]
     runs: list[RunResult] = []
     for i, (model, role) in enumerate(zip(chain, roles, strict=True)):
         is_student = i == len(chain) - 1
-        link = run.but(role=role, name=f"{role} s{run.seed}", config={"link": i + 1})
+        link = run.replace(role=role, name=f"{role} s{run.seed}", config={"link": i + 1})
         link_settings = settings if is_student else (assistant_settings or settings)
         runs.append(fit_offline(model, data, loss, link_settings, previous, link, recorder))
         previous = runs[-1].model

@@ -84,26 +84,26 @@ def born_again(
     seed and the config recorded with every run (roles and names are set here).
     """
     opts, settings = options or BornAgainOptions(), settings or TrainSettings()
-    run = (run or RunInfo()).but(config={"scheme": "born_again"})
+    run = (run or RunInfo()).replace(config={"scheme": "born_again"})
     seed, k = run.seed, opts.generations
     runs: list[RunResult] = []
     models = [gen0] if gen0 is not None else []
     if gen0 is None:
         runs.append(fit_offline(
             new_student(0), data, [{"type": "ce"}], settings, None,
-            run.but(role="gen0", name=f"born-again gen0 s{seed}", config={"generation": 0}),
+            run.replace(role="gen0", name=f"born-again gen0 s{seed}", config={"generation": 0}),
             recorder,
         ))  # fmt: skip
         models.append(runs[0].model)
     for g in range(1, k + 1):
-        info = run.but(role=f"gen{g}", name=f"born-again gen{g} s{seed}",
+        info = run.replace(role=f"gen{g}", name=f"born-again gen{g} s{seed}",
                        config={"generation": g})  # fmt: skip
         runs.append(fit_offline(new_student(g), data, loss, settings, models[-1], info, recorder))
         models.append(runs[-1].model)
     members = models if opts.ensemble_gen0 else models[1:]
     if len(members) >= 2:
         first = 0 if opts.ensemble_gen0 else 1
-        info = run.but(role="ensemble", name=f"born-again ensemble gen{first}-{k} s{seed}",
+        info = run.replace(role="ensemble", name=f"born-again ensemble gen{first}-{k} s{seed}",
                        config={"generations": list(range(first, k + 1))})  # fmt: skip
         runs.append(record_model(EnsembleTeacher(members), data, info, recorder))
     return runs

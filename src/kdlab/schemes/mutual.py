@@ -266,11 +266,11 @@ def mutual_learning(
         check_num_classes(peer, data, name)
     common = {"scheme": "mutual", "peers": k}
     first = fit(scheme, data, settings or TrainSettings(),
-                runs[0].but(config={**common, "peer": 1}), recorder)  # fmt: skip
+                runs[0].replace(config={**common, "peer": 1}), recorder)  # fmt: skip
     results = [first]
     for i in range(1, k):
         results.append(record_model(
-            scheme.peers[i], data, runs[i].but(config={**common, "peer": i + 1}), recorder,
+            scheme.peers[i], data, runs[i].replace(config={**common, "peer": i + 1}), recorder,
             history=peer_history(first.history, scheme.names[i]),
         ))  # fmt: skip
     return results

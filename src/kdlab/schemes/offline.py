@@ -178,7 +178,7 @@ def fit_stages(
         check_batch_sizes(objective, len(data.train), settings.batch_size)
         label = f" ({stage.name})" if stage.name else ""
         info = {"index": i + 1, "of": n, "name": stage.name, "trainable": stage.trainable}
-        stage_run = run if n == 1 else run.but(
+        stage_run = run if n == 1 else run.replace(
             role=run.role if i == n - 1 else f"{run.role}-stage{i + 1}",
             name=f"{run.label} stage {i + 1}/{n}{label}", config={"stage": info},
         )  # fmt: skip
