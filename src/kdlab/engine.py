@@ -23,7 +23,7 @@ from torch import nn
 
 from kdlab import checkpoint as ckpt
 from kdlab.data.base import ArrayDataset, TensorBatcher
-from kdlab.errors import NonFiniteLossError
+from kdlab.errors import KdlabError, NonFiniteLossError
 from kdlab.metrics import accuracy, nll
 from kdlab.progress import TrainingProgress
 from kdlab.seeding import seed_everything
@@ -116,6 +116,7 @@ class Engine:
         progress: bool = True,
         description: str = "train",
         callbacks: Iterable[EpochCallback] = (),
+        on_checkpoint: Callable[[Path], None] | None = None,
     ) -> None:
         self.settings = settings or TrainSettings()
         self.seed = seed
@@ -123,6 +124,8 @@ class Engine:
         self.progress = progress
         self.description = description
         self.callbacks = list(callbacks)
+        #: Called with the checkpoint's path after each save (the run store records its hash).
+        self.on_checkpoint = on_checkpoint
         self.history: list[dict[str, float]] = []
 
     # -- public ---------------------------------------------------------------------------------
@@ -262,10 +265,12 @@ class Engine:
                 f"the last good checkpoint (epoch {good['epoch']}) is kept at "
                 f"{self.checkpoint_path} and was restored in memory"
             )
+        optimizer = f"optimizer {name!r}; " if len(self.optimizers) > 1 else ""
         raise NonFiniteLossError(
-            f"non-finite {what} at epoch {epoch + 1}, step {step + 1} (optimizer {name!r}; "
-            f"terms: {terms or 'none'}). Training stopped; {kept}. Try a lower learning rate, "
-            "gradient clipping (clip_grad_norm), or check the inputs for NaN/inf."
+            f"non-finite {what} at epoch {epoch + 1}, step {step + 1} while training "
+            f"{self.description!r} ({optimizer}terms: {terms or 'none'}). Training stopped; "
+            f"{kept}. Try a lower learning rate, gradient clipping (clip_grad_norm), or check the "
+            "inputs for NaN/inf."
         )
 
     @torch.no_grad()
@@ -308,6 +313,8 @@ class Engine:
             },
             self.checkpoint_path,  # type: ignore[arg-type]
         )
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(self.checkpoint_path)  # type: ignore[arg-type]
 
     def _restore(self, scheme: Trainable, state: dict[str, Any]) -> int:
         models = scheme.trainable()
@@ -330,14 +337,38 @@ class Engine:
 
 
 def _rng_state() -> dict[str, Any]:
+    """Every random-number state, in types ``torch.load(weights_only=True)`` reads back.
+
+    numpy's state ``(name, uint32 key array, pos, has_gauss, cached_gaussian)`` is stored with
+    the key as an int64 tensor and the rest as plain Python values: no numpy object is pickled.
+    """
+    name, key, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    version, internal, gauss_next = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
+        "numpy": (str(name), torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss),
+                  float(cached)),
+        "python": (version, tuple(internal), gauss_next),
+    }  # fmt: skip
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _set_rng_state(state: Any) -> None:
+    """Restore what :func:`_rng_state` saved; an older kdlab's format raises ``KdlabError``."""
+    saved = state.get("numpy") if isinstance(state, dict) else None
+    if not (
+        isinstance(saved, (tuple, list))
+        and len(saved) == 5
+        and isinstance(saved[1], torch.Tensor)
+        and isinstance(state.get("torch"), torch.Tensor)
+        and isinstance(state.get("python"), (tuple, list))
+    ):
+        raise KdlabError(
+            "the checkpoint's random-number state is not in this kdlab's format: it was written "
+            "by an older kdlab and cannot be resumed safely; start the run again (delete the "
+            "checkpoint)"
+        )
+    name, key, pos, has_gauss, cached = saved
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    np.random.set_state((name, key.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
