@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, dict[str, list[str]]]] = [
     ("building blocks", {"losses": ["kdlab.losses.*"], "models": ["kdlab.models.*"],
                          "data": ["kdlab.data.*"]}),
     ("config", {"config": ["kdlab.config", "kdlab.schemes", "kdlab.schemes.registry"]}),
-    ("engine", {"engine": ["kdlab.engine"], "store": ["kdlab.store", "kdlab.store_schema"]}),
+    ("engine", {"engine": ["kdlab.engine"], "store": ["kdlab.store.*"]}),
     ("runs", {"runs": ["kdlab.runs"]}),
     ("schemes", {"schemes": ["kdlab.schemes.*"]}),
     ("experiment", {"experiment": ["kdlab.experiment", "kdlab.teachers", "kdlab.resume"],

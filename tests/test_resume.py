@@ -23,7 +23,7 @@ from kdlab.errors import ConfigError, StoreError
 from kdlab.experiment import run_experiment
 from kdlab.resume import config_fingerprint
 from kdlab.store import RunStore
-from kdlab.store_schema import SCHEMA_VERSION
+from kdlab.store.schema import SCHEMA_VERSION
 
 CONFIG = {
     "name": "tiny",
@@ -62,7 +62,7 @@ def stop_at(seed: int, role: str):
 
 
 def test_a_version_1_store_is_migrated_and_keeps_its_runs(tmp_path: Path) -> None:
-    from kdlab.store_schema import _V1
+    from kdlab.store.schema import _V1
 
     tmp_path.mkdir(exist_ok=True)
     conn = sqlite3.connect(tmp_path / "kdlab.sqlite")
@@ -71,6 +71,7 @@ def test_a_version_1_store_is_migrated_and_keeps_its_runs(tmp_path: Path) -> Non
         "INSERT INTO runs (id, experiment, name, role, seed, status, created_at, config)"
         " VALUES ('r1', 'old', 'n', 'teacher', 0, 'finished', '2026-01-01', '{}')"
     )
+    conn.execute("INSERT INTO history VALUES ('r1', 1, '{\"loss\": 0.5}')")
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()
@@ -78,8 +79,13 @@ def test_a_version_1_store_is_migrated_and_keeps_its_runs(tmp_path: Path) -> Non
         assert [r.id for r in store.list_runs()] == ["r1"]
         store.mark_seed_complete("old", "f", 0, ["r1"])
         assert [r.id for r in store.completed_seed("old", "f", 0)] == ["r1"]
+        assert store.history("r1") == [{"epoch": 1, "loss": 0.5}]  # v3 rebuilt runs, kept history
+        run = store.create_run(experiment="new", name="n", role="student", seed=0, config={})
+        store.interrupt_run(run, "KeyboardInterrupt")  # the v3 status is accepted
+        assert store.get_run(run).status == "interrupted"
     conn = sqlite3.connect(tmp_path / "kdlab.sqlite")
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
     conn.close()
 
 
@@ -101,7 +107,7 @@ def test_completed_seed_needs_every_run_finished(tmp_path: Path) -> None:
 # -- run_experiment(resume=True) --------------------------------------------------------------
 
 
-def test_resume_reuses_completed_seeds_and_the_finished_teacher_of_the_interrupted_one(
+def test_resume_reuses_completed_seeds_and_the_finished_runs_of_the_interrupted_one(
     tmp_path: Path,
 ) -> None:
     with RunStore(tmp_path) as store:
@@ -122,17 +128,18 @@ def test_resume_reuses_completed_seeds_and_the_finished_teacher_of_the_interrupt
             assert run.history == store.history(stored.id)
         seed1 = [r for r in result.runs if r.seed == 1]
         assert [r.role for r in seed1] == ["teacher", "student", "distilled"]
-        teacher, *students = seed1  # seed 1's teacher had finished: loaded, not retrained
-        assert teacher.run_id == first[(1, "teacher")].id
-        weights = ckpt.load_state_dict(first[(1, "teacher")].artefacts["model"])
-        assert all(torch.equal(v, weights[k]) for k, v in teacher.model.state_dict().items())
-        assert all(r.model is not None and r.run_id != first.get((1, r.role)) for r in students)
-        assert len(store.list_runs()) == 5 + 2
+        teacher, student, distilled = seed1  # seed 1's finished runs: loaded, not retrained
+        for run in (teacher, student):
+            assert run.run_id == first[(1, run.role)].id
+            weights = ckpt.load_state_dict(first[(1, run.role)].artefacts["model"])
+            assert all(torch.equal(v, weights[k]) for k, v in run.model.state_dict().items())
+        assert distilled.model is not None and (1, "distilled") not in first
+        assert len(store.list_runs()) == 5 + 1
         assert store.completed_seed("tiny", result_fingerprint(), 1)[0].id == teacher.run_id
 
         again = run_experiment(config(seeds=[1, 0, 2]), store, progress=False, resume=True)
         assert again.reused_seeds == [1, 0]  # the seed list is not part of the config identity
-        assert len(store.list_runs()) == 7 + 3
+        assert len(store.list_runs()) == 6 + 3
 
 
 def test_a_changed_config_reuses_nothing(tmp_path: Path) -> None:

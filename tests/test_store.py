@@ -12,7 +12,7 @@ import pytest
 
 from kdlab.errors import StoreError
 from kdlab.store import RunRecord, RunStore
-from kdlab.store_schema import SCHEMA_VERSION
+from kdlab.store.schema import SCHEMA_VERSION
 
 ID_RE = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
 

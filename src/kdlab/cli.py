@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -56,6 +58,32 @@ def command(func: Callable[..., Any]) -> Callable[..., Any]:
     return app.command()(wrapper)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so the run in progress is marked interrupted."""
+
+
+@contextmanager
+def interruptible(how_to_continue: str) -> Iterator[None]:
+    """Ctrl-C and SIGTERM end the command with one line (exit 130 / 143): the run in progress
+    is marked ``interrupted`` in the store (kdlab.runs) and the line says how to continue."""
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        what = "SIGTERM" if isinstance(err, Terminated) else "Ctrl-C"
+        err_console.print(
+            f"[bold yellow]interrupted[/] ({what}): the run in progress is marked interrupted; "
+            f"continue with `{how_to_continue}`", highlight=False,
+        )  # fmt: skip
+        raise typer.Exit(143 if isinstance(err, Terminated) else 130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _store(path: Path | None):
     from kdlab.store import RunStore
 
@@ -85,7 +113,7 @@ def quickstart(
     """Teacher, student alone and distilled student on the embedded digits data, in one table."""
     from kdlab.quickstart import print_quickstart, run_quickstart
 
-    with _store(store) as run_store:
+    with _store(store) as run_store, interruptible("kdlab quickstart"):
         rows, _, _ = run_quickstart(run_store, _seeds(seeds), progress)
         print_quickstart(rows, console)
         console.print(f"Runs recorded in {run_store.root} — list them with `kdlab runs`.")
@@ -122,7 +150,10 @@ def run(
         if data_root:
             data["data"]["root"] = str(data_root)
         cfg = parse_config(data, str(config))
-    with _store(store) as run_store:
+    again = ["kdlab run", str(config), *(["--store", str(store)] if store else []),
+             *(["--seeds", seeds] if seeds else []),
+             *(["--data-root", str(data_root)] if data_root else []), "--resume"]  # fmt: skip
+    with _store(store) as run_store, interruptible(" ".join(again)):
         result = run_experiment(cfg, run_store, progress=progress, resume=resume)
         if result.reused_seeds:
             reused = ", ".join(map(str, result.reused_seeds))
@@ -151,7 +182,9 @@ def runs(
     store: StoreOpt = None,
     experiment: Annotated[str | None, typer.Option(help="Only this experiment.")] = None,
     role: Annotated[str | None, typer.Option(help="Only this role.")] = None,
-    status: Annotated[str | None, typer.Option(help="running, finished or failed.")] = None,
+    status: Annotated[
+        str | None, typer.Option(help="running, finished, failed or interrupted.")
+    ] = None,
     limit: Annotated[int, typer.Option(help="At most this many runs.")] = 50,
 ) -> None:
     """List runs in the store, newest first, with their key metrics."""
@@ -163,7 +196,7 @@ def runs(
     table = Table()
     table.add_column("id", no_wrap=True, min_width=22)  # ids must stay copy-pastable
     for col in ("experiment", "role", "seed", "status", "test acc %", "agree %", "Φ_γ"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "status", min_width=11 if col == "status" else None)
     for r in records:
         m = r.metrics
 
@@ -171,7 +204,8 @@ def runs(
             return f"{100 * m[key]:.2f}" if key in m else "—"
 
         phi = f"{m['distill_error']:.3f}" if "distill_error" in m else "—"
-        status_text = r.status if r.status != "failed" else "[red]failed[/]"
+        colour = {"failed": "red", "interrupted": "yellow"}.get(r.status)
+        status_text = f"[{colour}]{r.status}[/]" if colour else r.status
         table.add_row(
             r.id,
             r.experiment,

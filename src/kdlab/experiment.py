@@ -5,8 +5,8 @@ the same training examples and use the same training settings, so their differen
 
 With a store, each seed whose runs all finished is marked complete under the config's fingerprint
 (:mod:`kdlab.resume`); ``resume=True`` then reuses those seeds' stored runs instead of training
-them again. In an interrupted seed, a teacher that finished is loaded from its run; the rest
-trains again.
+them again. In an interrupted seed, every run that finished is loaded from the store and the
+interrupted one continues from its last checkpoint (:func:`kdlab.runs.fit`).
 """
 
 from __future__ import annotations
@@ -65,7 +65,6 @@ class _Seed:
     seed: int
     recorder: Recorder
     config_json: dict[str, Any]
-    stored: StoredSeed | None
 
     def load_data(self) -> DataSplits:
         d = self.cfg.data
@@ -82,7 +81,7 @@ class _Seed:
         if self.cfg.teacher is None:
             return None, []
         run = RunInfo(seed=self.seed, config={"experiment": self.config_json})
-        teacher = build_teacher(self.cfg.teacher, data, run, self.recorder, self.stored)
+        teacher = build_teacher(self.cfg.teacher, data, run, self.recorder)
         return teacher.model.eval(), teacher.runs
 
     def context(self, data: DataSplits, teacher: nn.Module | None) -> DistillContext:
@@ -128,7 +127,9 @@ def run_experiment(
     if resume and store is None:
         raise ConfigError("resume reads completed seeds from a run store; pass store=RunStore(...)")
     result = ExperimentResult(cfg.name)
-    recorder = Recorder(store, cfg.name, progress, cfg.metrics.gamma, cfg.metrics.ece_bins)
+    recorder = Recorder(
+        store, cfg.name, progress, cfg.metrics.gamma, cfg.metrics.ece_bins, resume=resume
+    )
     config_json = cfg.model_dump(mode="json")
     fingerprint = config_fingerprint(config_json)
     scheme = get_scheme(cfg.distill.scheme)
@@ -146,7 +147,7 @@ def run_experiment(
             result.reused_seeds.append(seed)
             record(reused)
             continue
-        one = _Seed(cfg, seed, recorder, config_json, stored if resume else None)
+        one = _Seed(cfg, seed, recorder, config_json)
         first = len(result.runs)
         data = one.load_data()
         teacher, teacher_runs = one.teacher(data, (teachers or {}).get(seed))

@@ -2,7 +2,8 @@
 
 A seed whose runs all finished is marked complete under the config's *fingerprint* (the config
 without its seed list); ``kdlab run --resume`` reuses such seeds' runs instead of training them
-again, and inside an interrupted seed reuses a finished teacher (same config and seed).
+again. Inside an interrupted seed, the runs layer reuses each finished run and continues each
+interrupted one from its checkpoint (``Recorder.resume``, :func:`kdlab.runs.fit`).
 """
 
 from __future__ import annotations
@@ -44,14 +45,6 @@ class StoredSeed:
             RunResult(None, rec.metrics, self.store.history(rec.id), rec.id, rec.role, self.seed)
             for rec in self.store.completed_seed(self.experiment, self.fingerprint, self.seed)
         ]
-
-    def finished_run(self, role: str, name: str) -> RunRecord | None:
-        """The newest finished run of this seed and config with this role and name, or None."""
-        for rec in self.store.list_runs(experiment=self.experiment, role=role, status="finished"):
-            same = run_fingerprint(rec) == self.fingerprint and rec.seed == self.seed
-            if same and rec.name == name and "model" in rec.artefacts:
-                return rec
-        return None
 
     def mark_complete(self, run_ids: list[str]) -> None:
         self.store.mark_seed_complete(self.experiment, self.fingerprint, self.seed, run_ids)

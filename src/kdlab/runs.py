@@ -16,9 +16,11 @@ ensembles, loaded checkpoints).
 from __future__ import annotations
 
 import dataclasses
+import json
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -27,11 +29,13 @@ from torch import nn
 from kdlab import checkpoint as ckpt
 from kdlab.data import ArrayDataset, DataSplits
 from kdlab.engine import Engine, EpochCallback, Trainable
-from kdlab.errors import ConfigError
+from kdlab.errors import ConfigError, StoreError
 from kdlab.inference import predict_logits
 from kdlab.metrics import classification_metrics
 from kdlab.settings import TrainSettings
-from kdlab.store import RunStore
+from kdlab.store import RunRecord, RunStore
+from kdlab.store.records import dumps
+from kdlab.types import Batch
 
 
 @dataclass
@@ -79,6 +83,9 @@ class Recorder:
     #: Temperature γ of the distillation error Φ_γ,n (seed 001 §7) and the ECE bin count.
     gamma: float = 1.0
     ece_bins: int = 15
+    #: Reuse this experiment's finished runs and continue its interrupted ones, where role, name,
+    #: seed and recorded config are the same (``kdlab run --resume``).
+    resume: bool = False
 
     def evaluate(
         self, model: nn.Module, test: ArrayDataset, teacher: nn.Module | None = None
@@ -94,16 +101,65 @@ class Recorder:
             config=dict(config),
         )  # fmt: skip
 
-    def fail(self, run_id: str | None, err: BaseException, context: str = "") -> None:
-        if self.store is not None and run_id is not None:
+    def previous(self, run: RunInfo, config: Mapping[str, Any]) -> RunRecord | None:
+        """With ``resume``: the newest finished or interrupted run that is this one."""
+        if not self.resume or self.store is None:
+            return None
+        wanted = json.loads(dumps(dict(config), "config"))  # as the store gives it back
+        for record in self.store.list_runs(experiment=self.experiment, role=run.role):
+            same = (record.name, record.seed, record.config) == (run.label, run.seed, wanted)
+            if same and record.status in ("finished", "interrupted"):
+                return record
+        return None
+
+    def reopen(self, record: RunRecord) -> str:
+        """Continue an interrupted run: its checkpoint checked, its status ``running`` again."""
+        assert self.store is not None
+        if "checkpoint" in record.artefacts and Path(record.artefacts["checkpoint"]).exists():
+            verified_artefact(record, "checkpoint")
+        self.store.reopen_run(record.id)
+        return record.id
+
+    def stop(self, run_id: str | None, err: BaseException, context: str = "") -> None:
+        """Record why a run ended early: ``interrupted`` (Ctrl-C, SIGTERM) or ``failed``."""
+        if self.store is None or run_id is None:
+            return
+        if isinstance(err, KeyboardInterrupt):
+            self.store.interrupt_run(run_id, f"interrupted ({type(err).__name__})")
+        else:
             self.store.fail_run(run_id, context + error_text(err))
 
-    def save_weights(self, run_id: str, model: nn.Module, epochs: int) -> str:
-        """Save a run's final weights as its ``model.pt``; returns the file's path."""
+    def save_weights(self, run_id: str, model: nn.Module, epochs: int) -> tuple[dict, dict]:
+        """Write a run's final weights (``model.pt``, ``model.safetensors``): their paths and
+        SHA-256 hashes, by artefact key."""
         assert self.store is not None
-        state = {"format": ckpt.FORMAT, "version": ckpt.VERSION, "epoch": epochs,
-                 "models": {"model": model.state_dict()}}  # fmt: skip
-        return str(ckpt.save_atomic(state, self.store.run_dir(run_id) / "model.pt"))
+        files = ckpt.save_model(model.state_dict(), self.store.run_dir(run_id), epochs)
+        return {k: str(p) for k, p in files.items()}, {k: ckpt.sha256(p) for k, p in files.items()}
+
+    def checkpoint_hook(self, run_id: str | None) -> Callable[[Path], None] | None:
+        """Records the checkpoint and its hash each time the engine writes it."""
+        store = self.store
+        if store is None or run_id is None:
+            return None
+        return lambda path: store.add_artefact(run_id, "checkpoint", path, ckpt.sha256(path))
+
+
+def verified_artefact(record: RunRecord, key: str) -> Path:
+    """The path of a run's artefact, after checking it is the file kdlab wrote (its SHA-256)."""
+    path = Path(record.artefacts.get(key, ""))
+    if key not in record.artefacts or not path.is_file():
+        raise StoreError(
+            f"run {record.id} has no {key} file (expected {path}); it was moved or deleted: "
+            "run the experiment again without --resume"
+        )
+    expected = record.hashes.get(key)
+    if expected is not None and ckpt.sha256(path) != expected:
+        raise StoreError(
+            f"{path} ({key} of run {record.id}) is not the file kdlab wrote: its SHA-256 differs "
+            "from the one recorded in the store, so it was replaced or damaged and kdlab will "
+            "not load it; restore it, or run the experiment again without --resume"
+        )
+    return path
 
 
 class Fittable(Trainable, Protocol):
@@ -162,7 +218,9 @@ def fit(
     """Train ``scheme`` on ``data.train`` (validating on ``data.val``), evaluate its
     ``eval_model()`` on ``data.test`` against its ``reference()``, and record the run.
 
-    ``callbacks`` run after each epoch's row (e.g. to snapshot weights at an early epoch).
+    ``callbacks`` run after each epoch's row (e.g. to snapshot weights at an early epoch); a
+    run with callbacks is never reused or continued by ``recorder.resume`` (they must see every
+    epoch).
     """
     recorder = recorder or Recorder()
     model, teacher = scheme.eval_model(), scheme.reference()
@@ -171,28 +229,55 @@ def fit(
         check_num_classes(teacher, data, "teacher")
     config = {"settings": settings.model_dump(mode="json"), "loss": scheme.recorded_loss(),
               **run.config}  # fmt: skip
-    run_id = recorder.start(run, config)
-    loggers: list[EpochCallback] = []  # the store's logger runs first
-    if recorder.store is not None and run_id is not None:
-        loggers.append(_epoch_logger(recorder.store, run_id))
-    engine = Engine(
-        settings, seed=run.seed, progress=recorder.progress, callbacks=[*loggers, *callbacks],
-        description=run.label,
-        checkpoint_path=recorder.store.run_dir(run_id) / "checkpoint.pt" if run_id else None,
-    )  # fmt: skip
+    previous = None if callbacks else recorder.previous(run, config)
+    if previous is not None and previous.status == "finished":
+        return _reuse(scheme, data, previous, recorder)
+    run_id = recorder.reopen(previous) if previous else recorder.start(run, config)
+    engine = _engine(settings, run, recorder, run_id, callbacks)
     try:
-        history = engine.fit(scheme, data.train, data.val)
+        history = engine.fit(scheme, data.train, data.val, resume=previous is not None)
         metrics = recorder.evaluate(model, data.test, teacher)
         if recorder.store is not None and run_id is not None:
-            artefacts = {
-                "model": recorder.save_weights(run_id, model, settings.epochs),
-                "checkpoint": str(recorder.store.run_dir(run_id) / "checkpoint.pt"),
-            }
-            recorder.store.finish_run(run_id, metrics, artefacts)
+            artefacts, hashes = recorder.save_weights(run_id, model, settings.epochs)
+            artefacts["checkpoint"] = str(engine.checkpoint_path)
+            recorder.store.finish_run(run_id, metrics, artefacts, hashes)
     except BaseException as err:
-        recorder.fail(run_id, err)
+        recorder.stop(run_id, err)
         raise
     return RunResult(model, metrics, history, run_id, run.role, run.seed)
+
+
+def _engine(
+    settings: TrainSettings,
+    run: RunInfo,
+    recorder: Recorder,
+    run_id: str | None,
+    callbacks: Sequence[EpochCallback],
+) -> Engine:
+    store = recorder.store
+    loggers = [_epoch_logger(store, run_id)] if store and run_id else []  # the store's first
+    return Engine(
+        settings, seed=run.seed, progress=recorder.progress, callbacks=[*loggers, *callbacks],
+        description=run.label,
+        checkpoint_path=store.run_dir(run_id) / "checkpoint.pt" if store and run_id else None,
+        on_checkpoint=recorder.checkpoint_hook(run_id),
+    )  # fmt: skip
+
+
+def _reuse(scheme: Fittable, data: DataSplits, record: RunRecord, recorder: Recorder) -> RunResult:
+    """A finished run's models loaded back into ``scheme`` (every trainable module from its
+    final checkpoint, the evaluated model from its weights), with its stored metrics."""
+    assert recorder.store is not None
+    scheme.prepare(Batch(data.train.x[:2], data.train.y[:2], torch.arange(min(2, len(data.train)))))
+    if "checkpoint" in record.artefacts:
+        state = ckpt.load_checkpoint(verified_artefact(record, "checkpoint"))
+        for key, module in scheme.trainable().items():
+            module.load_state_dict(state["models"][key])
+    model = scheme.eval_model()
+    model.load_state_dict(ckpt.load_state_dict(verified_artefact(record, "model")))
+    scheme.set_mode(False)
+    history = recorder.store.history(record.id)
+    return RunResult(model, record.metrics, history, record.id, record.role, record.seed or 0)
 
 
 def _epoch_logger(store: RunStore, run_id: str) -> EpochCallback:
@@ -220,6 +305,10 @@ def record_model(
     loaded from ``weights_file``, that file is recorded as the run's model and nothing is written.
     """
     recorder = recorder or Recorder()
+    previous = recorder.previous(run, run.config)
+    if previous is not None and previous.status == "finished" and recorder.store is not None:
+        stored = recorder.store.history(previous.id)
+        return RunResult(model, previous.metrics, stored, previous.id, run.role, run.seed)
     metrics = recorder.evaluate(model, data.test, teacher)
     rows = [dict(row) for row in history]
     run_id = recorder.start(run, run.config)
@@ -228,10 +317,13 @@ def record_model(
             log = _epoch_logger(recorder.store, run_id)
             for row in rows:
                 log(row)
-            weights = weights_file or recorder.save_weights(run_id, model, len(rows))
-            recorder.store.finish_run(run_id, metrics, {"model": weights})
+            if weights_file is None:
+                artefacts, hashes = recorder.save_weights(run_id, model, len(rows))
+            else:
+                artefacts, hashes = {"model": weights_file}, {}
+            recorder.store.finish_run(run_id, metrics, artefacts, hashes)
         except BaseException as err:
-            recorder.fail(run_id, err)
+            recorder.stop(run_id, err)
             raise
     return RunResult(model, metrics, rows, run_id, run.role, run.seed)
 
@@ -261,4 +353,5 @@ __all__ = [
     "evaluate",
     "fit",
     "record_model",
+    "verified_artefact",
 ]

@@ -21,7 +21,6 @@ from kdlab.data import DataSplits
 from kdlab.errors import ConfigError
 from kdlab.models import build_model
 from kdlab.models.ensemble import EnsembleTeacher
-from kdlab.resume import StoredSeed
 from kdlab.runs import Recorder, RunInfo, RunResult, check_num_classes, record_model
 from kdlab.schemes.offline import fit_offline
 from kdlab.seeding import derived_seed
@@ -40,12 +39,12 @@ def build_teacher(
     data: DataSplits,
     run: RunInfo,
     recorder: Recorder,
-    stored: StoredSeed | None = None,
 ) -> Teacher:
     """Train or load the teacher of ``run.seed``; record every model made on the way.
 
-    ``run.config`` is recorded with every run. ``stored`` (when resuming) holds the seed's
-    finished runs: a teacher found there is loaded from its weights instead of trained again.
+    ``run.config`` is recorded with every run. With ``recorder.resume``, a teacher that finished
+    earlier is loaded from its run, an interrupted one continues from its checkpoint
+    (:func:`kdlab.runs.fit`).
     Member m of an ensemble draws its initial weights from the seed's derived seed m (member 0
     uses the experiment seed: it is the single teacher of that seed); batches and dropout follow
     the experiment seed, so the members differ by their initialisation, as in deep ensembles.
@@ -58,12 +57,7 @@ def build_teacher(
     for m, (model, path) in enumerate(zip(models, paths, strict=True)):
         name = f"teacher s{run.seed}" if n == 1 else f"teacher s{run.seed} member {m + 1}/{n}"
         member = run.replace(role=role, name=name, config={"member": m + 1} if n > 1 else {})
-        reusable = stored is not None and path is None and not t.use_epoch
-        done = stored.finished_run(role, name) if reusable and stored else None
-        if done is not None:
-            _load(model, done.artefacts["model"], f"stored teacher run {done.id} does not fit")
-            runs = [RunResult(model, done.metrics, [], done.id, role, run.seed)]
-        elif path is None:
+        if path is None:
             runs = _train(t, model, data, member, recorder)
         else:
             loaded = member.replace(name=f"{name} (loaded)", config={"checkpoint": path})

@@ -341,7 +341,7 @@ def fit_adversarial(
                 scheme, data, settings, run.seed, recorder.progress
             )
         except Exception as err:  # the run failed before the student's training started
-            recorder.fail(recorder.start(run, run.config), err, "discriminator pretraining "
+            recorder.stop(recorder.start(run, run.config), err, "discriminator pretraining "
                           "failed: ")  # fmt: skip
             raise
         # D stays frozen from here: the student's run has no discriminator optimizer.

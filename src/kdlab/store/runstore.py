@@ -2,11 +2,10 @@
 
 Layout under the store root::
 
-    root/kdlab.sqlite          runs, per-epoch history, completed seeds (schema: store_schema)
+    root/kdlab.sqlite          runs, per-epoch history, completed seeds (schema: store.schema)
     root/runs/<run id>/        artefacts (checkpoints, plots, ...), created on demand
 
-Several processes may write to one store at once: each ``RunStore`` owns one connection, every
-write is one short ``BEGIN IMMEDIATE`` transaction and waits up to ``BUSY_TIMEOUT_S`` for the lock.
+Several processes may write to one store at once (see :mod:`kdlab.store.connection`).
 """
 
 from __future__ import annotations
@@ -15,179 +14,29 @@ import json
 import os
 import secrets
 import sqlite3
-import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 from kdlab.errors import StoreError
-from kdlab.store_schema import migrate
-
-BUSY_TIMEOUT_S = 60.0
-DB_NAME = "kdlab.sqlite"
-STATUSES = ("running", "finished", "failed")
+from kdlab.store.connection import StoreConnection
+from kdlab.store.records import (
+    HOST,
+    STATUSES,
+    RunRecord,
+    dumps,
+    floats,
+    record_from_row,
+)
 
 _COLUMNS = (
     "id, experiment, name, role, seed, status, created_at, finished_at,"
-    " config, metrics, artefacts, error"
+    " config, metrics, artefacts, error, pid, host, heartbeat_at, hashes"
 )
 
 
-@dataclass
-class RunRecord:
-    """One run as stored. ``status`` is ``running``, ``finished`` or ``failed``."""
-
-    id: str
-    experiment: str
-    name: str
-    role: str
-    seed: int | None
-    status: str
-    created_at: str
-    finished_at: str | None
-    config: dict
-    metrics: dict[str, float]
-    artefacts: dict[str, str]
-    error: str | None
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
-        return obj.tolist()
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
-def _dumps(obj: Any, what: str) -> str:
-    try:
-        return json.dumps(obj, default=_json_default, allow_nan=True)
-    except (TypeError, ValueError) as e:
-        raise StoreError(f"cannot store {what}: {e}; use plain JSON types") from e
-
-
-def _floats(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """Plain floats (numpy/torch scalars accepted); NaN and inf are kept."""
-    out: dict[str, float] = {}
-    for key, value in metrics.items():
-        try:
-            out[str(key)] = float(value)
-        except (TypeError, ValueError) as e:
-            raise StoreError(f"metric {key!r} = {value!r} is not a number: {e}") from e
-    return out
-
-
-class RunStore:
+class RunStore(StoreConnection):
     """Runs of every experiment under ``root``; use as a context manager or call ``close()``."""
-
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root).expanduser()
-        self.path = self.root / DB_NAME
-        self._conn: sqlite3.Connection | None = None
-        self._pid = os.getpid()
-        self._last_created: datetime | None = None
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise StoreError(
-                f"cannot create run store directory {self.root}: {e}; "
-                "choose a writable directory (e.g. --store ./runs)"
-            ) from e
-        try:
-            self._open()
-        except sqlite3.Error as e:
-            self.close()
-            if getattr(e, "sqlite_errorname", "") == "SQLITE_NOTADB":
-                raise StoreError(
-                    f"{self.path} is not an SQLite database, so not a kdlab run store; "
-                    "move that file away or point kdlab at another store directory"
-                ) from e
-            raise StoreError(f"cannot open run store {self.path}: {e}") from e
-        except BaseException:
-            self.close()
-            raise
-
-    # -- connection and transactions ---------------------------------------------------------
-
-    def _open(self) -> None:
-        # Switching a fresh file to WAL while another process does the same can answer
-        # SQLITE_BUSY without waiting on the busy handler (e.g. during WAL recovery): retry.
-        for attempt in range(6):
-            try:
-                self._conn = sqlite3.connect(
-                    self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None
-                )
-                self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-                mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise sqlite3.OperationalError(f"journal_mode is {mode!r}, WAL unavailable")
-                self._conn.execute("PRAGMA synchronous = NORMAL")
-                self._conn.execute("PRAGMA foreign_keys = ON")
-                self._migrate()
-                return
-            except sqlite3.OperationalError as e:
-                self.close()
-                busy = "locked" in str(e) or "busy" in str(e)
-                if not busy or attempt == 5:
-                    raise
-                time.sleep(0.05 * 2**attempt)
-
-    def _migrate(self) -> None:
-        with self._write() as conn:
-            migrate(conn, self.path)
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise StoreError(f"run store {self.root} is closed; open a new RunStore")
-        if os.getpid() != self._pid:
-            raise StoreError(
-                f"this RunStore ({self.root}) was opened in process {self._pid}; "
-                "open a new RunStore in each process"
-            )
-        return self._conn
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` transaction: committed entirely or not at all."""
-        conn = self._connection()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as e:
-            raise StoreError(f"cannot write to run store {self.path}: {e}") from e
-        try:
-            yield conn
-        except BaseException as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"write to run store {self.path} failed: {exc}") from exc
-            raise
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.Error as e:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise StoreError(f"write to run store {self.path} failed: {e}") from e
-
-    def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
-        try:
-            return self._connection().execute(sql, params).fetchall()
-        except sqlite3.Error as e:
-            raise StoreError(f"cannot read run store {self.path}: {e}") from e
-
-    def close(self) -> None:
-        if self._conn is not None and os.getpid() == self._pid:
-            self._conn.close()
-        self._conn = None
-
-    def __enter__(self) -> RunStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -205,26 +54,21 @@ class RunStore:
         """Record a new ``running`` run and return its id (``YYYYMMDD-HHMMSS-xxxxxx``, UTC)."""
         if not isinstance(config, Mapping):
             raise StoreError(f"config must be a dict, got {type(config).__name__}")
-        config_json = _dumps(dict(config), "config")
+        config_json = dumps(dict(config), "config")
         seed = None if seed is None else int(seed)
         with self._write() as conn:
             for _ in range(8):
                 now = self._now()
                 run_id = f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
                 try:
+                    stamp = now.isoformat(timespec="microseconds")
                     conn.execute(
                         "INSERT INTO runs (id, experiment, name, role, seed, status, created_at,"
-                        " config) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
-                        (
-                            run_id,
-                            experiment,
-                            name,
-                            role,
-                            seed,
-                            now.isoformat(timespec="microseconds"),
-                            config_json,
-                        ),
-                    )
+                        " config, pid, host, heartbeat_at)"
+                        " VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+                        (run_id, experiment, name, role, seed, stamp, config_json, os.getpid(),
+                         HOST, stamp),
+                    )  # fmt: skip
                     return run_id
                 except sqlite3.IntegrityError:  # id collision: draw again
                     continue
@@ -240,7 +84,12 @@ class RunStore:
     @staticmethod
     def _merged_artefacts(conn: sqlite3.Connection, run_id: str, new: dict[str, str]) -> str:
         (old,) = conn.execute("SELECT artefacts FROM runs WHERE id = ?", (run_id,)).fetchone()
-        return _dumps({**json.loads(old), **new}, "artefacts")
+        return dumps({**json.loads(old), **new}, "artefacts")
+
+    @staticmethod
+    def _merged_hashes(conn: sqlite3.Connection, run_id: str, new: dict[str, str]) -> str:
+        (old,) = conn.execute("SELECT hashes FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return dumps({**json.loads(old or "{}"), **new}, "hashes")
 
     def run_dir(self, run_id: str) -> Path:
         """``root/runs/<run_id>``, created if missing. ``run_id`` must be a full, existing id."""
@@ -255,10 +104,10 @@ class RunStore:
 
     def log_epoch(self, run_id: str, epoch: int, metrics: dict[str, float]) -> None:
         """Store one epoch's metrics; logging an epoch again replaces its metrics."""
-        values = _floats(metrics)
+        values = floats(metrics)
         if "epoch" in values:
             raise StoreError("metric name 'epoch' is reserved; pass the epoch as an argument")
-        payload = _dumps(values, "metrics")
+        payload = dumps(values, "metrics")
         with self._write() as conn:
             self._require(conn, run_id, running=True)
             conn.execute(
@@ -266,20 +115,30 @@ class RunStore:
                 " ON CONFLICT (run_id, epoch) DO UPDATE SET metrics = excluded.metrics",
                 (run_id, int(epoch), payload),
             )
+            conn.execute(  # the heartbeat that tells a live run from a dead one elsewhere
+                "UPDATE runs SET heartbeat_at = ? WHERE id = ?",
+                (self._now().isoformat(timespec="microseconds"), run_id),
+            )
 
     def finish_run(
-        self, run_id: str, metrics: dict[str, float], artefacts: dict[str, str] | None = None
+        self,
+        run_id: str,
+        metrics: dict[str, float],
+        artefacts: dict[str, str] | None = None,
+        hashes: dict[str, str] | None = None,
     ) -> None:
-        """Mark a running run finished with its final metrics; artefacts merge into existing."""
-        payload = _dumps(_floats(metrics), "metrics")
+        """Mark a running run finished with its final metrics; artefacts (and the SHA-256 of
+        their files, by the same keys) merge into existing ones."""
+        payload = dumps(floats(metrics), "metrics")
         new = {str(k): str(v) for k, v in (artefacts or {}).items()}
         with self._write() as conn:
             self._require(conn, run_id, running=True)
             merged = self._merged_artefacts(conn, run_id, new)
+            sums = self._merged_hashes(conn, run_id, hashes or {})
             conn.execute(
-                "UPDATE runs SET status = 'finished', finished_at = ?, metrics = ?, artefacts = ?"
-                " WHERE id = ?",
-                (self._now().isoformat(timespec="microseconds"), payload, merged, run_id),
+                "UPDATE runs SET status = 'finished', finished_at = ?, metrics = ?, artefacts = ?,"
+                " hashes = ? WHERE id = ?",
+                (self._now().isoformat(timespec="microseconds"), payload, merged, sums, run_id),
             )
 
     def fail_run(self, run_id: str, error: str) -> None:
@@ -291,18 +150,51 @@ class RunStore:
                 (self._now().isoformat(timespec="microseconds"), str(error), run_id),
             )
 
-    def add_artefact(self, run_id: str, key: str, path: str | Path) -> None:
-        """Record (or replace) artefact ``key`` of a run in any status; stored as given."""
+    def interrupt_run(self, run_id: str, reason: str) -> None:
+        """Mark a running run ``interrupted`` (Ctrl-C, SIGTERM): resumable from its checkpoint."""
+        with self._write() as conn:
+            self._require(conn, run_id, running=True)
+            conn.execute(
+                "UPDATE runs SET status = 'interrupted', finished_at = ?, error = ? WHERE id = ?",
+                (self._now().isoformat(timespec="microseconds"), reason, run_id),
+            )
+
+    def reopen_run(self, run_id: str) -> None:
+        """Make an interrupted run (or one whose process died) ``running`` again, in this
+        process, after removing the temporary files a killed write left in its folder."""
+        self.remove_temp_files(run_id)
+        with self._write() as conn:
+            stamp = self._now().isoformat(timespec="microseconds")
+            conn.execute(
+                "UPDATE runs SET status = 'running', finished_at = NULL, error = NULL, pid = ?,"
+                " host = ?, heartbeat_at = ? WHERE id = ?",
+                (os.getpid(), HOST, stamp, run_id),
+            )
+
+    def remove_temp_files(self, run_id: str) -> list[Path]:
+        """Delete the ``.*.tmp`` files that killed atomic writes left in an interrupted run's
+        folder; returns them."""
+        status = self.get_run(run_id).status
+        if status != "interrupted":
+            raise StoreError(f"run {run_id} is {status}, not interrupted: its files stay")
+        folder = self.root / "runs" / run_id
+        stale = sorted(folder.glob(".*.tmp")) if folder.is_dir() else []
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return stale
+
+    def add_artefact(
+        self, run_id: str, key: str, path: str | Path, sha256: str | None = None
+    ) -> None:
+        """Record (or replace) artefact ``key`` of a run in any status, with its file's hash."""
         with self._write() as conn:
             self._require(conn, run_id)
             merged = self._merged_artefacts(conn, run_id, {str(key): str(path)})
-            conn.execute("UPDATE runs SET artefacts = ? WHERE id = ?", (merged, run_id))
+            sums = self._merged_hashes(conn, run_id, {str(key): sha256} if sha256 else {})
+            conn.execute("UPDATE runs SET artefacts = ?, hashes = ? WHERE id = ?",
+                         (merged, sums, run_id))  # fmt: skip
 
     # -- reads --------------------------------------------------------------------------------
-
-    @staticmethod
-    def _record(row: tuple) -> RunRecord:
-        return RunRecord(*row[:8], *map(json.loads, row[8:11]), row[11])  # JSON: config..artefacts
 
     def get_run(self, run_id_or_unique_prefix: str) -> RunRecord:
         """The run with this id, or the only run whose id starts with this prefix."""
@@ -322,7 +214,7 @@ class RunStore:
             raise StoreError(
                 f"run id prefix {prefix!r} is ambiguous, it matches: {shown}; give more characters"
             )
-        return self._record(rows[0])
+        return record_from_row(rows[0])
 
     def history(self, run_id: str) -> list[dict]:
         """``[{"epoch": 1, **metrics}, ...]`` in epoch order (empty if nothing was logged)."""
@@ -340,24 +232,29 @@ class RunStore:
         status: str | None = None,
         limit: int | None = None,
     ) -> list[RunRecord]:
-        """Runs matching every given filter, newest first."""
+        """Runs matching every given filter, newest first (``status`` as
+        :func:`~kdlab.store.records.effective_status` sees it: a dead run is interrupted)."""
         if status is not None and status not in STATUSES:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
         if limit is not None and (limit < 0 or int(limit) != limit):
             raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
         where, params = [], []
-        for column, value in (("experiment", experiment), ("role", role), ("status", status)):
+        for column, value in (("experiment", experiment), ("role", role)):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
+        if status is not None:  # a stored 'running' may be an effective 'interrupted'
+            stored = ("running", "interrupted") if status in ("running", "interrupted") else ()
+            where.append(f"status IN ({', '.join('?' * len(stored or (status,)))})")
+            params.extend(stored or (status,))
         sql = f"SELECT {_COLUMNS} FROM runs"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, id DESC"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(int(limit))
-        return [self._record(r) for r in self._read(sql, tuple(params))]
+        records = [record_from_row(r) for r in self._read(sql, tuple(params))]
+        if status is not None:
+            records = [r for r in records if r.status == status]
+        return records if limit is None else records[: int(limit)]
 
     def experiments(self) -> list[str]:
         """Names of all experiments with at least one run, alphabetically."""
@@ -390,7 +287,7 @@ class RunStore:
         run_ids = json.loads(rows[0][0])
         sql = f"SELECT {_COLUMNS} FROM runs WHERE status = 'finished' AND id IN ({{}})"
         rows = self._read(sql.format(", ".join("?" * len(run_ids))), tuple(run_ids))
-        found = {row[0]: self._record(row) for row in rows}
+        found = {row[0]: record_from_row(row) for row in rows}
         if len(found) < len(run_ids):
             return []  # a run was deleted or is not finished: run the seed again
         return [found[run_id] for run_id in run_ids]

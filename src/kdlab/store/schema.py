@@ -2,6 +2,10 @@
 
 Version 1: ``runs`` and per-epoch ``history``. Version 2 adds ``completed_seeds``: which seeds of
 an experiment finished all their runs under one config, so ``kdlab run --resume`` can skip them.
+Version 3 adds the ``interrupted`` status, the process that runs a run (``pid``, ``host``, a
+``heartbeat_at`` stamp) so a dead one can be told from a live one, and ``hashes``: the SHA-256 of
+each artefact file, so a replaced file is refused. Changing a CHECK constraint means rebuilding
+``runs`` (SQLite's documented procedure, with foreign keys off so ``history`` is kept).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from pathlib import Path
 
 from kdlab.errors import StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _V1 = """
 CREATE TABLE runs (
@@ -34,12 +38,31 @@ CREATE TABLE completed_seeds (
     PRIMARY KEY (experiment, fingerprint, seed)
 ) WITHOUT ROWID;
 """
+_V3 = """
+CREATE TABLE runs_v3 (
+    id TEXT PRIMARY KEY, experiment TEXT NOT NULL, name TEXT NOT NULL, role TEXT NOT NULL,
+    seed INTEGER,
+    status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed', 'interrupted')),
+    created_at TEXT NOT NULL, finished_at TEXT, config TEXT NOT NULL,
+    metrics TEXT NOT NULL DEFAULT '{}', artefacts TEXT NOT NULL DEFAULT '{}', error TEXT,
+    pid INTEGER, host TEXT, heartbeat_at TEXT, hashes TEXT NOT NULL DEFAULT '{}'
+);
+INSERT INTO runs_v3 (id, experiment, name, role, seed, status, created_at, finished_at, config,
+    metrics, artefacts, error)
+    SELECT id, experiment, name, role, seed, status, created_at, finished_at, config, metrics,
+    artefacts, error FROM runs;
+DROP TABLE runs;
+ALTER TABLE runs_v3 RENAME TO runs;
+CREATE INDEX runs_created ON runs (created_at);
+CREATE INDEX runs_experiment ON runs (experiment, created_at);
+"""
 #: Statements that bring a store at version i (list index) to version i + 1.
-_STEPS = [_V1, _V2]
+_STEPS = [_V1, _V2, _V3]
 
 
-def migrate(conn: sqlite3.Connection, path: Path) -> None:
-    """Bring the open database to SCHEMA_VERSION inside the caller's write transaction."""
+def check_ours(conn: sqlite3.Connection, path: Path) -> int:
+    """The store's schema version; a StoreError (after reading only) for a file kdlab must not
+    touch: another program's database, or a store of a newer kdlab."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise StoreError(
@@ -53,6 +76,13 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
                 f"{path} is an SQLite database of another program (tables: "
                 f"{', '.join(t[0] for t in tables)}); move it away or use another store directory"
             )
+    return int(version)
+
+
+def migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring the open database to SCHEMA_VERSION inside the caller's write transaction (with
+    foreign keys off: rebuilding ``runs`` must not cascade into ``history``)."""
+    version = check_ours(conn, path)
     for script in _STEPS[version:]:
         for statement in script.split(";"):
             if statement.strip():
