@@ -213,3 +213,33 @@ def test_a_dead_running_run_reads_as_interrupted(tmp_path: Path) -> None:
         assert store.get_run(dead).status == "running"
         assert not list((tmp_path / "runs" / dead).iterdir())
         assert os.getpid() == store.get_run(dead).pid
+
+
+class Payload:
+    """Unpickling this creates ``marker``: the file appears iff code from the pickle ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch '{self.marker}'",)
+
+
+@pytest.mark.parametrize("artefact", ["model", "checkpoint"])
+def test_a_replaced_store_file_is_refused_on_resume(workdir: Path, artefact: str) -> None:
+    """Anyone who can write to a shared store must not get code run by whoever resumes."""
+    store = workdir / f"shared-{artefact}"
+    proc = kdlab("run", workdir / "exp.yaml", "--store", store, "--no-progress")
+    stop_mid_run(proc, store, "student", signal.SIGKILL)  # the teacher has finished
+    finish(proc)
+    with RunStore(store) as runs:
+        role = "teacher" if artefact == "model" else "student"  # finished / interrupted run
+        (victim,) = [r for r in runs.list_runs() if r.role == role]
+    marker = workdir / f"pwned-{artefact}"
+    torch.save({"models": {"model": Payload(marker)}}, victim.artefacts[artefact])
+    code, _, err = finish(kdlab("run", workdir / "exp.yaml", "--store", store,
+                                "--no-progress", "--resume"))  # fmt: skip
+    err = err.replace("\n", "")  # rich may wrap the line where there is no terminal
+    assert code == 2 and "Traceback" not in err
+    assert "is not the file kdlab wrote" in err and victim.id in err
+    assert not marker.exists()
