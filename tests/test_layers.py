@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, dict[str, list[str]]]] = [
                          "data": ["kdlab.data.*"]}),
     ("config", {"config": ["kdlab.config", "kdlab.schemes", "kdlab.schemes.registry"]}),
     ("engine", {"engine": ["kdlab.engine"], "store": ["kdlab.store.*"]}),
-    ("runs", {"runs": ["kdlab.runs"]}),
+    ("runs", {"runs": ["kdlab.runs", "kdlab.health"]}),
     ("schemes", {"schemes": ["kdlab.schemes.*"]}),
     ("experiment", {"experiment": ["kdlab.experiment", "kdlab.teachers", "kdlab.resume"],
                     "report": ["kdlab.report.*"]}),

@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import signal
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kdlab.errors import KdlabError
+from kdlab.health import TrainingWarning
 
 app = typer.Typer(
     help="Knowledge distillation: train teachers, distill students, compare runs across seeds.",
@@ -39,13 +41,18 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+_default_show_warning = warnings.showwarning
+
+
 def command(func: Callable[..., Any]) -> Callable[..., Any]:
     """Register a command whose kdlab errors print as one clear line and exit with status 2."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_warning
+                return func(*args, **kwargs)
         except (KdlabError, ValueError) as err:
             if os.environ.get("KDLAB_DEBUG"):
                 raise
@@ -56,6 +63,16 @@ def command(func: Callable[..., Any]) -> Callable[..., Any]:
             )
 
     return app.command()(wrapper)
+
+
+def _show_warning(
+    message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any
+) -> None:
+    """kdlab's own warnings (a teacher at chance, a diverged loss) as one line on stderr."""
+    if issubclass(category, TrainingWarning):
+        err_console.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    else:
+        _default_show_warning(message, category, *args, **kwargs)
 
 
 class Terminated(KeyboardInterrupt):

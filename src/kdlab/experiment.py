@@ -21,6 +21,8 @@ from torch import nn
 from kdlab.config import ExperimentConfig
 from kdlab.data import ArrayDataset, DataSplits, load_dataset, split_indices
 from kdlab.errors import ConfigError
+from kdlab.health import check_teacher
+from kdlab.inference import predict_logits
 from kdlab.models import build_model
 from kdlab.resume import StoredSeed, config_fingerprint
 from kdlab.runs import Recorder, RunInfo, RunResult, check_num_classes
@@ -75,14 +77,20 @@ class _Seed:
 
     def teacher(self, data: DataSplits, given: nn.Module | None) -> tuple[Any, list[RunResult]]:
         """The seed's teacher (given, trained or loaded; None without one) and its runs."""
+        runs: list[RunResult] = []
         if given is not None:
             check_num_classes(given, data, "teacher")
-            return given.eval(), []
-        if self.cfg.teacher is None:
+            model = given
+        elif self.cfg.teacher is None:
             return None, []
-        run = RunInfo(seed=self.seed, config={"experiment": self.config_json})
-        teacher = build_teacher(self.cfg.teacher, data, run, self.recorder)
-        return teacher.model.eval(), teacher.runs
+        else:
+            run = RunInfo(seed=self.seed, config={"experiment": self.config_json})
+            teacher = build_teacher(self.cfg.teacher, data, run, self.recorder)
+            model, runs = teacher.model, teacher.runs
+        if len(data.val):  # a teacher at chance level teaches nothing: say so before distilling
+            logits = predict_logits(model, data.val.x)
+            check_teacher(logits, data.val.y, f"teacher s{self.seed}", self.recorder.strict)
+        return model.eval(), runs
 
     def context(self, data: DataSplits, teacher: nn.Module | None) -> DistillContext:
         """What the scheme gets: the student's data (its labelled examples as ``train``)."""

@@ -30,6 +30,7 @@ from kdlab import checkpoint as ckpt
 from kdlab.data import ArrayDataset, DataSplits
 from kdlab.engine import Engine, EpochCallback, Trainable
 from kdlab.errors import ConfigError, StoreError
+from kdlab.health import check_history
 from kdlab.inference import predict_logits
 from kdlab.metrics import classification_metrics
 from kdlab.settings import TrainSettings
@@ -86,6 +87,8 @@ class Recorder:
     #: Reuse this experiment's finished runs and continue its interrupted ones, where role, name,
     #: seed and recorded config are the same (``kdlab run --resume``).
     resume: bool = False
+    #: Stop (instead of warn) when a run looks like it learned nothing (kdlab.health).
+    strict: bool = False
 
     def evaluate(
         self, model: nn.Module, test: ArrayDataset, teacher: nn.Module | None = None
@@ -236,6 +239,7 @@ def fit(
     engine = _engine(settings, run, recorder, run_id, callbacks)
     try:
         history = engine.fit(scheme, data.train, data.val, resume=previous is not None)
+        check_history(history, run.label, recorder.strict)
         metrics = recorder.evaluate(model, data.test, teacher)
         if recorder.store is not None and run_id is not None:
             artefacts, hashes = recorder.save_weights(run_id, model, settings.epochs)
