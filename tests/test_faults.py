@@ -243,3 +243,41 @@ def test_a_replaced_store_file_is_refused_on_resume(workdir: Path, artefact: str
     assert code == 2 and "Traceback" not in err
     assert "is not the file kdlab wrote" in err and victim.id in err
     assert not marker.exists()
+
+
+def test_runs_and_summary_read_a_row_with_null_metrics(tmp_path: Path) -> None:
+    with RunStore(tmp_path) as store:
+        run = store.create_run(experiment="e", name="n", role="student", seed=0, config={})
+        store.finish_run(run, {"accuracy": 0.5})
+    conn = sqlite3.connect(tmp_path / "kdlab.sqlite")
+    conn.execute("UPDATE runs SET metrics = 'null', artefacts = 'null', config = '[1]'")
+    conn.commit()
+    conn.close()
+    for args in (("runs",), ("summary", "e"), ("show", run)):
+        code, out, err = finish(kdlab(*args, "--store", tmp_path))
+        assert code == 0 and "Traceback" not in err, err
+        assert "student" in out or run in out
+
+
+def test_a_non_finite_loss_names_the_run_not_a_misleading_optimizer() -> None:
+    from kdlab.data import load_dataset
+    from kdlab.errors import NonFiniteLossError
+    from kdlab.losses import CrossEntropy
+    from kdlab.models import MLP
+    from kdlab.runs import Recorder, RunInfo
+    from kdlab.schemes.offline import fit_offline
+    from kdlab.settings import TrainSettings
+
+    class Exploding(CrossEntropy):
+        kind = "exploding_test"
+
+        def forward(self, student, teacher, batch):
+            return super().forward(student, teacher, batch) * float("inf")
+
+    data = load_dataset("digits", test_size=100)
+    with pytest.raises(NonFiniteLossError) as info:
+        fit_offline(MLP(64, [8], 10), data, [Exploding()], TrainSettings(epochs=1, threads=1),
+                    None, RunInfo("teacher", "teacher s0"), Recorder(progress=False))  # fmt: skip
+    message = str(info.value)
+    assert "non-finite loss at epoch 1, step 1 while training 'teacher s0'" in message
+    assert "optimizer 'student'" not in message  # the teacher's one optimizer is not named
