@@ -36,7 +36,7 @@ CONFIG = {
     },
     "student": {
         "model": {"type": "mlp", "hidden": [16]},
-        "train": {"epochs": 30, "batch_size": 32, "threads": 1, "checkpoint_seconds": 0},
+        "train": {"epochs": 60, "batch_size": 16, "threads": 1, "checkpoint_seconds": 0},
     },
 }  # fmt: skip
 CLI = "import sys; from kdlab.cli import app; sys.argv[0] = 'kdlab'; app()"
@@ -114,7 +114,7 @@ def test_a_killed_run_resumes_to_the_same_numbers(
     proc = kdlab("run", workdir / "exp.yaml", "--store", store, "--no-progress")
     stop_mid_run(proc, store, role, sig)
     returncode, _, err = finish(proc)
-    assert returncode == code
+    assert returncode == code, err
     if sig != signal.SIGKILL:  # a signal it can catch: one line, how to continue, no traceback
         assert "interrupted" in err and "--resume" in err and "Traceback" not in err
     with RunStore(store) as runs:
@@ -281,3 +281,26 @@ def test_a_non_finite_loss_names_the_run_not_a_misleading_optimizer() -> None:
     message = str(info.value)
     assert "non-finite loss at epoch 1, step 1 while training 'teacher s0'" in message
     assert "optimizer 'student'" not in message  # the teacher's one optimizer is not named
+
+
+def test_a_kill_between_hashing_and_replacing_a_checkpoint_loses_nothing(tmp_path: Path) -> None:
+    """The store learns a checkpoint's hash before the file replaces the old one; a kill -9 in
+    between leaves the old file, which the kept previous hash still vouches for."""
+    from kdlab import checkpoint as ckpt
+    from kdlab.runs import Recorder, verified_artefact
+
+    with RunStore(tmp_path) as store:
+        run = store.create_run(experiment="e", name="n", role="teacher", seed=0, config={})
+        hook = Recorder(store).checkpoint_hook(run)
+        path = store.run_dir(run) / "checkpoint.pt"
+        ckpt.save_atomic({"epoch": 1}, path, before_replace=hook)
+        assert verified_artefact(store.get_run(run), "checkpoint") == path
+        pending = tmp_path / "pending.pt"
+        torch.save({"epoch": 2}, pending)
+        hook(pending)  # recorded; the process dies before os.replace
+        assert verified_artefact(store.get_run(run), "checkpoint") == path  # old file: accepted
+        os.replace(pending, path)
+        assert verified_artefact(store.get_run(run), "checkpoint") == path  # new file: accepted
+        torch.save({"epoch": 3}, path)  # a file kdlab never recorded
+        with pytest.raises(StoreError, match="is not the file kdlab wrote"):
+            verified_artefact(store.get_run(run), "checkpoint")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
+from kdlab.config import parse_config
+from kdlab.experiment import run_experiment
 from kdlab.health import (
     TrainingWarning,
     UnhealthyRunError,
@@ -14,6 +17,7 @@ from kdlab.health import (
     check_teacher,
     loss_growth,
 )
+from kdlab.store import RunStore
 
 
 def rows(*losses: float, key: str = "loss") -> list[dict[str, float]]:
@@ -49,3 +53,28 @@ def test_a_teacher_at_chance_warns_and_strict_stops() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing to report: no warning, no error
         check_teacher(perfect, labels, "teacher s0", strict=True)
+
+
+def experiment(strict: bool) -> dict:
+    tiny = {"epochs": 2, "batch_size": 64, "threads": 1}
+    return {
+        "name": "lr-1e8", "strict": strict, "seeds": [0],
+        "data": {"source": "digits", "test_size": 200},
+        "teacher": {"model": {"type": "mlp", "hidden": [64]},
+                    "train": {**tiny, "epochs": 5, "optimizer": {"name": "adam", "lr": 1e8}}},
+        "student": {"model": {"type": "mlp", "hidden": [8]}, "train": tiny},
+    }  # fmt: skip
+
+
+def test_a_teacher_at_lr_1e8_is_reported_and_strict_stops_before_any_student(
+    tmp_path: Path,
+) -> None:
+    """Adam at lr 1e8: no NaN, a useless teacher — a warning, or with strict an error."""
+    with RunStore(tmp_path / "warn") as store, pytest.warns(TrainingWarning) as caught:
+        result = run_experiment(parse_config(experiment(strict=False)), store, progress=False)
+    assert any("chance level" in str(w.message) or "grew from" in str(w.message) for w in caught)
+    assert [r.role for r in result.runs] == ["teacher", "student", "distilled"]  # it went on
+    with RunStore(tmp_path / "strict") as store:
+        with pytest.raises(UnhealthyRunError, match="strict: true"):
+            run_experiment(parse_config(experiment(strict=True)), store, progress=False)
+        assert {r.role for r in store.list_runs()} == {"teacher"}  # no student was trained

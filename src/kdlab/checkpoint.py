@@ -40,14 +40,18 @@ _SAVE_WEIGHTS = (
 # -- writing -----------------------------------------------------------------------------------
 
 
-def save_atomic(obj: Any, path: str | Path) -> Path:
+def save_atomic(
+    obj: Any, path: str | Path, before_replace: Callable[[Path], None] | None = None
+) -> Path:
     """``torch.save`` to a temporary file beside ``path``, fsync it, then rename it over ``path``.
 
     ``os.replace`` is atomic on POSIX and Windows, so readers see either the old file or the new
     one, never a partial write. A full disk or a file-size limit raises a ``KdlabError`` that
     says so; the temporary file is removed and the previous file at ``path`` is left untouched.
+    ``before_replace`` gets the complete temporary file just before the rename (e.g. to record
+    its hash while the old file is still in place).
     """
-    return _write_atomic(path, lambda handle: torch.save(obj, handle))
+    return _write_atomic(path, lambda handle: torch.save(obj, handle), before_replace)
 
 
 def save_model(
@@ -87,7 +91,11 @@ def sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
+def _write_atomic(
+    path: str | Path,
+    write: Callable[[BinaryIO], Any],
+    before_replace: Callable[[Path], None] | None = None,
+) -> Path:
     """Call ``write`` on a temporary file beside ``path``, fsync it, rename it over ``path``."""
     path = Path(path)
     existed = path.exists()
@@ -99,6 +107,8 @@ def _write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if before_replace is not None:
+            before_replace(Path(tmp))
         os.replace(tmp, path)
     except BaseException as err:
         if tmp is not None:

@@ -14,6 +14,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kdlab.errors import KdlabError
@@ -37,7 +38,15 @@ ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Pro
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    # The message may quote what a user wrote: print it as plain text (no markup, which a "[/]"
+    # in a value would break, and no highlighting, which is slow on long lines), cut to a size
+    # a terminal can show.
+    from rich.text import Text
+
+    from kdlab.errors import shorten
+
+    text = Text("error:", style="bold red").append(" " + shorten(message, 20_000))
+    err_console.print(text, highlight=False)
     raise typer.Exit(code)
 
 
@@ -176,7 +185,8 @@ def run(
             reused = ", ".join(map(str, result.reused_seeds))
             console.print(f"Resumed: seeds {reused} were complete in the store and not re-run.")
         rows = [RunRow(r.role, r.seed, r.metrics) for r in result.runs]
-        console.print(rich_table(summarize(rows), title=f"{cfg.name} — mean ± std over seeds"))
+        title = f"{escape(cfg.name)} — mean ± std over seeds"
+        console.print(rich_table(summarize(rows), title=title))
         g = gain(rows, "student", "distilled")
         if g.n:
             console.print(
@@ -187,11 +197,20 @@ def run(
 
 @command
 def validate(config: Annotated[Path, typer.Argument(help="Experiment YAML file.")]) -> None:
-    """Check an experiment file without running it."""
+    """Check an experiment file without running it: schema, data, models, weights, taps.
+
+    Loads the data of the first seed, builds every model and passes two samples through it,
+    loads the teacher's weights files and finds the loss terms' taps: seconds, no training.
+    """
     from kdlab.config import load_config
+    from kdlab.errors import shorten
+    from kdlab.preflight import preflight
 
     cfg = load_config(config)
-    console.print(f"{config}: valid ({cfg.name}, seeds {cfg.seeds}, data {cfg.data.source})")
+    preflight(cfg)
+    seeds = shorten(str(cfg.seeds), 200)
+    line = f"{config}: valid ({cfg.name}, seeds {seeds}, data {cfg.data.source})"
+    console.print(line, markup=False, highlight=False)
 
 
 @command
@@ -256,7 +275,7 @@ def summary(
     if markdown:
         typer.echo(markdown_table(table))
     else:
-        console.print(rich_table(table, title=f"{experiment} — mean ± std over seeds"))
+        console.print(rich_table(table, title=f"{escape(experiment)} — mean ± std over seeds"))
     g = gain(rows, "student", "distilled")
     if g.n:
         console.print(

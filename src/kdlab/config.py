@@ -6,10 +6,10 @@ dotted path) and what would be valid there.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import yaml
 from pydantic import (
     BaseModel,
     Field,
@@ -21,11 +21,16 @@ from pydantic import (
 )
 
 from kdlab.data import get_source
-from kdlab.errors import ConfigError
+from kdlab.errors import ConfigError, quote
 from kdlab.losses import check_loss_specs
 from kdlab.models import check_model_spec
 from kdlab.schemes.registry import get_scheme
 from kdlab.settings import Strict, TrainSettings, format_validation_error, validation_problems
+from kdlab.yamlfile import parse_yaml, read_text
+
+#: Longest experiment name (it names runs in the store); NumPy's splits take seeds < 2**32.
+MAX_NAME, MAX_SEED = 200, 2**32 - 1
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 
 class StageConfig(Strict):
@@ -58,7 +63,7 @@ class StageConfig(Strict):
             return paths
         raise ValueError(
             f"trainable must be 'all' or a non-empty list of module paths of the student, "
-            f"e.g. [features.0, features.1]; got {paths!r}"
+            f"e.g. [features.0, features.1]; got {quote(paths)}"
         )
 
 
@@ -104,17 +109,20 @@ class TeacherConfig(Strict):
         if value is None:
             return None
         size = value if isinstance(value, int) else len(value)
-        if size < 2:
+        if not 2 <= size <= 1000:
             raise ValueError(
-                f"an ensemble needs at least 2 members, got {size}; drop `ensemble` for a "
-                "single teacher"
+                f"an ensemble needs {'at least 2' if size < 2 else 'at most 1000'} members, got "
+                f"{size}; a single teacher needs no `ensemble`"
             )
         if isinstance(value, int):
             return value
-        classes = {spec["num_classes"] for spec in value if "num_classes" in spec}
+        given = [spec["num_classes"] for spec in value if "num_classes" in spec]
+        classes = [n for i, n in enumerate(given) if n not in given[:i]]  # hashable or not
         if len(classes) > 1:
+            with contextlib.suppress(TypeError):  # numbers sort; other values stay in order
+                classes.sort()
             raise ValueError(
-                f"ensemble members predict different numbers of classes ({sorted(classes)}); "
+                f"ensemble members predict different numbers of classes ({quote(classes)}); "
                 "members are averaged over the same classes: drop num_classes (the data sets it)"
             )
         return [check_model_spec(v) for v in value]
@@ -234,13 +242,15 @@ class MetricsConfig(Strict):
 
 class ExperimentConfig(Strict):
     name: str = "experiment"
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
     data: DataConfig = Field(default_factory=DataConfig)
     #: ``null`` for schemes that need no pre-trained teacher (e.g. mutual learning).
     teacher: TeacherConfig | None = Field(default_factory=TeacherConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    #: Stop, instead of warning, when a teacher is at chance level or a loss diverged.
+    strict: bool = False
 
     @model_validator(mode="after")
     def _teacher_if_needed(self) -> ExperimentConfig:
@@ -259,11 +269,21 @@ class ExperimentConfig(Strict):
             )
         return self
 
+    @field_validator("name")
+    @classmethod
+    def _short_name(cls, name: str) -> str:
+        if name.strip() and len(name) <= MAX_NAME:
+            return name
+        raise ValueError(
+            f"name must be 1 to {MAX_NAME} characters (it names the runs in the store), got "
+            f"{quote(name)}; use a short name like digits-kd"
+        )
+
     @field_validator("seeds")
     @classmethod
     def _distinct(cls, seeds: list[int]) -> list[int]:
         if len(set(seeds)) != len(seeds):
-            raise ValueError(f"seeds must be distinct, got {seeds}")
+            raise ValueError(f"seeds must be distinct, got {quote(seeds)}")
         return seeds
 
 
@@ -281,11 +301,4 @@ def parse_config(data: Any, source: str = "config") -> ExperimentConfig:
 
 def load_config(path: str | Path) -> ExperimentConfig:
     """Read and validate an experiment YAML file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
-    return parse_config(data, source=str(path))
+    return parse_config(parse_yaml(read_text(Path(path)), str(path)), source=str(path))

@@ -124,7 +124,8 @@ class Engine:
         self.progress = progress
         self.description = description
         self.callbacks = list(callbacks)
-        #: Called with the checkpoint's path after each save (the run store records its hash).
+        #: Called with each new checkpoint's complete temporary file just before it replaces the
+        #: previous one (the run store records its hash, so a kill in between loses nothing).
         self.on_checkpoint = on_checkpoint
         self.history: list[dict[str, float]] = []
 
@@ -312,9 +313,8 @@ class Engine:
                 "rng": _rng_state(),
             },
             self.checkpoint_path,  # type: ignore[arg-type]
+            before_replace=self.on_checkpoint,
         )
-        if self.on_checkpoint is not None:
-            self.on_checkpoint(self.checkpoint_path)  # type: ignore[arg-type]
 
     def _restore(self, scheme: Trainable, state: dict[str, Any]) -> int:
         models = scheme.trainable()

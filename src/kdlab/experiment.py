@@ -24,6 +24,7 @@ from kdlab.errors import ConfigError
 from kdlab.health import check_teacher
 from kdlab.inference import predict_logits
 from kdlab.models import build_model
+from kdlab.preflight import preflight
 from kdlab.resume import StoredSeed, config_fingerprint
 from kdlab.runs import Recorder, RunInfo, RunResult, check_num_classes
 from kdlab.schemes.base import DistillContext
@@ -134,10 +135,10 @@ def run_experiment(
     """
     if resume and store is None:
         raise ConfigError("resume reads completed seeds from a run store; pass store=RunStore(...)")
+    preflight(cfg, teacher=(teachers or {}).get(cfg.seeds[0]))  # every model and file, first
     result = ExperimentResult(cfg.name)
-    recorder = Recorder(
-        store, cfg.name, progress, cfg.metrics.gamma, cfg.metrics.ece_bins, resume=resume
-    )
+    recorder = Recorder(store, cfg.name, progress, cfg.metrics.gamma, cfg.metrics.ece_bins,
+                        resume=resume, strict=cfg.strict)  # fmt: skip
     config_json = cfg.model_dump(mode="json")
     fingerprint = config_fingerprint(config_json)
     scheme = get_scheme(cfg.distill.scheme)

@@ -140,11 +140,21 @@ class Recorder:
         return {k: str(p) for k, p in files.items()}, {k: ckpt.sha256(p) for k, p in files.items()}
 
     def checkpoint_hook(self, run_id: str | None) -> Callable[[Path], None] | None:
-        """Records the checkpoint and its hash each time the engine writes it."""
+        """Records each new checkpoint's hash before the file replaces the previous one, keeping
+        the previous hash: a kill at any moment leaves a file that one of the two matches."""
         store = self.store
         if store is None or run_id is None:
             return None
-        return lambda path: store.add_artefact(run_id, "checkpoint", path, ckpt.sha256(path))
+
+        def record(new_file: Path) -> None:
+            path = store.run_dir(run_id) / "checkpoint.pt"
+            previous = store.get_run(run_id).hashes.get("checkpoint")
+            hashes = {"checkpoint": ckpt.sha256(new_file)}
+            if previous is not None:
+                hashes["checkpoint.previous"] = previous
+            store.add_artefact(run_id, "checkpoint", path, hashes)
+
+        return record
 
 
 def verified_artefact(record: RunRecord, key: str) -> Path:
@@ -155,8 +165,8 @@ def verified_artefact(record: RunRecord, key: str) -> Path:
             f"run {record.id} has no {key} file (expected {path}); it was moved or deleted: "
             "run the experiment again without --resume"
         )
-    expected = record.hashes.get(key)
-    if expected is not None and ckpt.sha256(path) != expected:
+    expected = {record.hashes.get(key), record.hashes.get(f"{key}.previous")} - {None}
+    if expected and ckpt.sha256(path) not in expected:
         raise StoreError(
             f"{path} ({key} of run {record.id}) is not the file kdlab wrote: its SHA-256 differs "
             "from the one recorded in the store, so it was replaced or damaged and kdlab will "

@@ -18,13 +18,18 @@ from pydantic import (
     model_validator,
 )
 
-from kdlab.errors import ConfigError, did_you_mean
+from kdlab.errors import ConfigError, did_you_mean, quote, shorten
+
+#: Longest single problem an error message reports, and most problems it lists.
+_PROBLEM_LIMIT = 1000
+_MAX_PROBLEMS = 20
 
 
 class Strict(BaseModel):
     """Base of every settings/config model: unknown keys are errors that list the valid ones."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and ±inf are never a sensible setting (a learning rate of inf trains to NaN).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -34,7 +39,7 @@ class Strict(BaseModel):
             for key in data:
                 if key not in cls.model_fields:
                     raise ValueError(
-                        f"unknown key {key!r}{did_you_mean(key, valid)}; "
+                        f"unknown key {quote(key)}{did_you_mean(key, valid)}; "
                         f"valid keys: {', '.join(valid)}"
                     )
         return data
@@ -116,8 +121,10 @@ def merge_settings(base: TrainSettings, overrides: Mapping[str, Any]) -> TrainSe
 
     try:
         return TrainSettings.model_validate(merge(base.model_dump(), overrides))
-    except ValueError as err:
-        raise ConfigError(f"stage train settings {dict(overrides)} do not fit: {err}") from err
+    except ValidationError as err:
+        raise ConfigError(
+            f"stage train settings {quote(dict(overrides))} do not fit: {validation_problems(err)}"
+        ) from None
 
 
 def phase_settings(settings: TrainSettings, epochs: int, keep: str) -> TrainSettings:
@@ -129,27 +136,39 @@ def phase_settings(settings: TrainSettings, epochs: int, keep: str) -> TrainSett
 
 
 def error_text(error: Mapping[str, Any]) -> str:
-    """One pydantic error as a sentence, without pydantic's "Value error, " prefix."""
+    """One pydantic error as a sentence, without pydantic's "Value error, " prefix (and cut to
+    a readable length: a message may quote what the config holds)."""
     if error["type"] == "missing":
         return "required key is missing"
-    return str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "finite_number":
+        return "must be a finite number, not NaN or infinity"
+    return shorten(str(error["msg"]).removeprefix("Value error, "), _PROBLEM_LIMIT)
+
+
+def _where(loc: Sequence[Any]) -> str:
+    return shorten(".".join(str(p) for p in loc), _PROBLEM_LIMIT // 4)
+
+
+def _problems(err: ValidationError) -> tuple[list[Any], str]:
+    """The first problems of ``err`` and, when there are more, a note saying how many."""
+    errors = err.errors(include_url=False, include_input=False)
+    rest = len(errors) - _MAX_PROBLEMS
+    return errors[:_MAX_PROBLEMS], f"… and {rest} more problem(s)" if rest > 0 else ""
 
 
 def validation_problems(err: ValidationError, prefix: Sequence[str] = ()) -> str:
     """Every problem of ``err`` on one line: ``where: what; where: what``."""
-    return "; ".join(
-        f"{'.'.join([*prefix, *map(str, e['loc'])]) or 'options'}: {error_text(e)}"
-        for e in err.errors()
-    )
+    errors, more = _problems(err)
+    parts = [f"{_where([*prefix, *e['loc']]) or 'options'}: {error_text(e)}" for e in errors]
+    return "; ".join([*parts, *([more] if more else [])])
 
 
 def format_validation_error(err: ValidationError, source: str = "config") -> str:
     """Every problem of ``err`` on its own line, each with its dotted path in ``source``."""
+    errors, more = _problems(err)
     lines = [f"{source} is invalid:"]
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  - at {where}: {error_text(e)}")
-    return "\n".join(lines)
+    lines += [f"  - at {_where(e['loc']) or '(top level)'}: {error_text(e)}" for e in errors]
+    return "\n".join([*lines, *([f"  {more}"] if more else [])])
 
 
 def parse_options(model: type[BaseModel], value: Any, what: str) -> Any:

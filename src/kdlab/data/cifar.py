@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from kdlab.data.source import RawData, Source
-from kdlab.errors import DataError
+from kdlab.errors import DataError, quote
 
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
@@ -78,13 +78,35 @@ def read_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
     if b"data" not in batch or label_key not in batch:
         found = sorted(batch)
         raise DataError(f"{path}: expected keys b'data' and {label_key!r}, found {found}")
-    data = np.asarray(batch[b"data"], dtype=np.uint8)
-    labels = np.asarray(batch[label_key], dtype=np.int64).reshape(-1)
+    data = _integers(path, b"data", batch[b"data"], "pixel values 0..255")
+    labels = _integers(path, label_key, batch[label_key], "class numbers").reshape(-1)
+    if data.size and (data.min() < 0 or data.max() > 255):
+        raise DataError(
+            f"{path}: b'data' must hold pixel values 0..255, found {data.min()}..{data.max()}"
+        )
+    data = data.astype(np.uint8, copy=False)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise DataError(f"{path}: expected data of shape (N, 3072), found {data.shape}")
     if len(data) != len(labels):
         raise DataError(f"{path}: data holds {len(data)} images but labels hold {len(labels)}")
     return data.reshape(-1, 3, 32, 32), labels
+
+
+def _integers(path: Path, key: bytes, value: Any, what: str) -> np.ndarray:
+    """``value`` as an integer array, or a DataError naming the file and the key."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as exc:  # ragged lists and the like
+        raise DataError(
+            f"{path}: {key!r} must be an array of {what}, it cannot be one ({exc})"
+        ) from exc
+    if array.dtype.kind not in "iu" or array.ndim == 0:
+        found = f"{type(value).__name__} of dtype {array.dtype}"
+        raise DataError(
+            f"{path}: {key!r} must be an array of {what} (integers), found {found}; the file "
+            "is not a CIFAR batch as published: download it again"
+        )
+    return array.astype(np.int64, copy=False)
 
 
 def _names(path: Path, key: bytes) -> list[str] | None:
@@ -93,7 +115,13 @@ def _names(path: Path, key: bytes) -> list[str] | None:
     meta = read_pickle(path)
     if key not in meta:
         raise DataError(f"{path}: expected key {key!r}, found {sorted(meta)}")
-    return [n.decode() if isinstance(n, bytes) else str(n) for n in meta[key]]
+    names = meta[key]
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, (str, bytes)) for n in names):
+        raise DataError(f"{path}: {key!r} must be a list of class names, found {quote(names)}")
+    try:
+        return [n.decode() if isinstance(n, bytes) else n for n in names]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: {key!r} holds a class name that is not UTF-8 ({exc})") from exc
 
 
 def find_cifar_dir(directory: Path, folder: str, first_file: str) -> Path | None:

@@ -8,6 +8,7 @@ either name style (``train-images-idx3-ubyte`` or ``train-images.idx3-ubyte``).
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -107,9 +108,11 @@ def read_idx(path: str | Path, *, ndim: int) -> np.ndarray:
             f"{path}: truncated IDX file: expected a {header}-byte header, found {len(data)} bytes"
         )
     dims = struct.unpack(f">{ndim}I", data[4:header])
-    expected = header + int(np.prod(dims, dtype=np.int64))
+    expected = header + math.prod(dims)  # exact: NumPy's int64 product would overflow
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "corrupt (trailing bytes)"
+        if expected > 2**40:  # no MNIST-like file holds a terabyte: the header is damaged
+            what = "corrupt (impossible dimensions)"
         raise DataError(
             f"{path}: {what} IDX file: header declares shape {tuple(dims)}, so expected "
             f"{expected} bytes, found {len(data)}; delete it and download it again"

@@ -35,12 +35,22 @@ def _check_size(arg: str, value: int | None, upper: int | None = None, what: str
         raise ValueError(f"{arg} must be in {allowed}, got {value}")
 
 
-def _check_labels(name: str, raw: RawData) -> None:
+def _check_labels(name: str, raw: RawData, directory: Path | None) -> None:
+    """Labels must be integer class numbers below the number of class names."""
     num_classes = len(raw.class_names)
-    for labels in (raw.y_train, raw.y_test):
-        if labels is not None and len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+    where = name if directory is None else f"{name} ({directory})"
+    for split, labels in (("training", raw.y_train), ("test", raw.y_test)):
+        if labels is None:
+            continue
+        if not isinstance(labels, np.ndarray) or labels.dtype.kind not in "iu":
+            found = labels.dtype if isinstance(labels, np.ndarray) else type(labels).__name__
             raise DataError(
-                f"{name}: labels must lie in 0..{num_classes - 1}, "
+                f"{where}: the {split} labels must be integer class numbers, found {found}; "
+                "the files are not in the format kdlab reads: download them again"
+            )
+        if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+            raise DataError(
+                f"{where}: {split} labels must lie in 0..{num_classes - 1}, "
                 f"found {labels.min()}..{labels.max()}"
             )
 
@@ -128,7 +138,7 @@ def load_dataset(
         _check_size(arg, value)  # cheap checks before reading any file
     directory = locate(source, root) if source.find is not None else None
     raw = source.read(directory, strict)
-    _check_labels(source.name, raw)
+    _check_labels(source.name, raw, directory)
     x_test, y_test, test_idx, pool = _test_split(source, raw, test_size)
     val_idx, train_idx = _val_train_split(raw.y_train, pool, val_fraction, train_subset, seed)
     return DataSplits(

@@ -20,6 +20,8 @@ IMAGE_SIZE = 28
 # The small set comes first: the large one has ~530k files and takes minutes to decode.
 ARCHIVE_FOLDERS = ("notMNIST_small", "notMNIST_large")
 _SHOWN_PATHS = 3
+#: Largest image side decoded; a header claiming more is treated as a damaged (or hostile) file.
+MAX_SIDE = 2048
 
 
 def find_notmnist_dir(directory: Path) -> Path | None:
@@ -33,7 +35,15 @@ def find_notmnist_dir(directory: Path) -> Path | None:
 def _decode(path: Path) -> np.ndarray:
     from PIL import Image  # deferred: only notMNIST decodes images
 
-    with Image.open(path) as img:
+    with warnings.catch_warnings():  # the size check below replaces Pillow's bomb warning
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = Image.open(path)
+    with img:
+        if max(img.size) > MAX_SIDE:
+            raise ValueError(
+                f"its header claims {img.size[0]}×{img.size[1]} pixels; notMNIST images are "
+                f"{IMAGE_SIZE}×{IMAGE_SIZE} (at most {MAX_SIDE} pixels a side are decoded)"
+            )
         img = img.convert("L")
         if img.size != (IMAGE_SIZE, IMAGE_SIZE):
             # Real notMNIST images are already 28×28; other sizes are resized to match them.
@@ -48,7 +58,11 @@ def load_notmnist_dir(directory: Path, *, strict: bool = False) -> tuple[np.ndar
     every machine. Images that cannot be decoded are skipped with a warning, or raise
     ``DataError`` naming the file when ``strict`` is true.
     """
-    from PIL import UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
+
+    unreadable = (
+        OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError,
+    )  # fmt: skip
 
     missing = [letter for letter in CLASS_NAMES if not (directory / letter).is_dir()]
     if missing:
@@ -63,8 +77,9 @@ def load_notmnist_dir(directory: Path, *, strict: bool = False) -> tuple[np.ndar
         for path in sorted((directory / letter).glob("*.png")):
             try:
                 images.append(_decode(path))
-            except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-                # Pillow signals a damaged PNG with any of these, depending on where it breaks.
+            except unreadable as exc:
+                # Pillow signals a damaged PNG with any of these, depending on where it breaks
+                # (DecompressionBombError: a header claiming an enormous image).
                 if strict:
                     raise DataError(
                         f"{path}: unreadable image ({exc}); delete it, or load with "

@@ -41,6 +41,13 @@ def read_svhn_mat(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(
             f"{path}: expected X as uint8 of shape (H, W, 3, N), found {x.dtype} {x.shape}"
         )
+    if (
+        not isinstance(y, np.ndarray)
+        or y.dtype.kind not in "iuf"
+        or (y.dtype.kind == "f" and not np.array_equal(y, np.round(y)))
+    ):
+        found = f"{y.dtype}" if isinstance(y, np.ndarray) else type(y).__name__
+        raise DataError(f"{path}: expected y to hold integer labels 1..10, found {found} values")
     y = y.reshape(-1).astype(np.int64)
     if len(y) != x.shape[3]:
         raise DataError(f"{path}: X holds {x.shape[3]} images but y holds {len(y)} labels")

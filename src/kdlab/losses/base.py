@@ -12,13 +12,14 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Iterable, Mapping
+from numbers import Real
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from kdlab.divergences import at_least_float32
-from kdlab.errors import ConfigError, did_you_mean
+from kdlab.errors import ConfigError, did_you_mean, quote, shorten
 from kdlab.types import Batch, LossOutput, ModelOutput
 
 
@@ -35,10 +36,20 @@ class Term(nn.Module):
 
     def __init__(self, weight: float = 1.0, name: str | None = None) -> None:
         super().__init__()
-        weight = float(weight)
+        if name is not None and (not isinstance(name, str) or not 0 < len(name.strip()) <= 100):
+            raise ConfigError(
+                f"loss term {self.kind!r}: name must be a short text like 'kd' (at most 100 "
+                f"characters), got {quote(name)}"
+            )
+        if isinstance(weight, bool) or not isinstance(weight, Real):
+            raise ConfigError(
+                f"loss term {quote(name or self.kind)}: weight must be a number ≥ 0, "
+                f"got {quote(weight)}"
+            )
+        weight = math.inf if abs(weight) > 1e300 else float(weight)  # NaN stays NaN
         if not math.isfinite(weight) or weight < 0:
             raise ConfigError(
-                f"loss term {name or self.kind!r}: weight must be a finite number ≥ 0, "
+                f"loss term {quote(name or self.kind)}: weight must be a finite number ≥ 0, "
                 f"got {weight}; "
                 "a term's sign is part of its definition, so use a positive weight"
             )
@@ -131,24 +142,51 @@ def build_term(spec: Mapping[str, Any]) -> Term:
     """Build a term from ``{"type": kind, **params}``; errors name the bad kind or parameter."""
     spec = dict(spec)
     kind = spec.pop("type", None)
-    if kind not in TERMS:
-        raise ConfigError(
-            f"unknown loss {kind!r}{did_you_mean(kind, TERMS, n=3)}; "
-            f"valid losses: {', '.join(sorted(TERMS))}"
+    if not isinstance(kind, str) or kind not in TERMS:
+        what = (
+            "a loss term needs a type, e.g. {type: ce}"
+            if kind is None
+            else f"unknown loss {quote(kind)}{did_you_mean(kind, TERMS, n=3)}"
         )
+        raise ConfigError(f"{what}; valid losses: {', '.join(sorted(TERMS))}")
     allowed = term_parameters(kind)
     unknown = [k for k in spec if k not in allowed]
     if unknown:
         raise ConfigError(
-            f"loss {kind!r} has no parameter {', '.join(map(repr, unknown))}; "
+            f"loss {kind!r} has no parameter {', '.join(map(quote, unknown))}; "
             f"valid parameters: {', '.join(allowed)}"
         )
+    _check_types(kind, spec)
     try:
         return TERMS[kind](**spec)
-    except (TypeError, ValueError) as err:
-        if isinstance(err, ConfigError):
-            raise
-        raise ConfigError(f"loss {kind!r}: {err}") from err
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, OverflowError, KeyError, AttributeError) as err:
+        # a value of the wrong kind, e.g. temperature: [4]; the message is the term's own
+        raise ConfigError(f"loss {kind!r}: {shorten(str(err), 300)}") from err
+
+
+#: Annotation → (accepted types, what to call them).
+_SIMPLE_TYPES: dict[str, tuple[type, str]] = {
+    "float": (Real, "a number"), "int": (int, "an integer"), "str": (str, "a text"),
+    "bool": (bool, "true or false"),
+}  # fmt: skip
+
+
+def _check_types(kind: str, spec: Mapping[str, Any]) -> None:
+    """A parameter annotated as a plain number or text must get one (YAML gives any value)."""
+    params = inspect.signature(TERMS[kind].__init__).parameters
+    for key, value in spec.items():
+        annotation = str(params[key].annotation).replace(" ", "")
+        optional = annotation.endswith("|None")
+        base = annotation.removesuffix("|None")
+        if base not in _SIMPLE_TYPES or (optional and value is None):
+            continue
+        accepted, what = _SIMPLE_TYPES[base]
+        wrong = isinstance(value, bool) != (base == "bool") or not isinstance(value, accepted)
+        if wrong or (isinstance(value, int) and abs(value) > 1e300):  # too big for a float
+            none = " or null" if optional else ""
+            raise ConfigError(f"loss {kind!r}: {key} must be {what}{none}, got {quote(value)}")
 
 
 def build_objective(specs: Iterable[Mapping[str, Any] | Term]) -> Objective:
@@ -166,7 +204,9 @@ def check_loss_specs(specs: Any, what: str = "the loss") -> list[dict[str, Any]]
         raise ConfigError(f"{what} needs at least one term, e.g. [{{type: ce}}]")
     for i, spec in enumerate(specs):
         if not isinstance(spec, Mapping):
-            raise ConfigError(f"term {i} must be a mapping like {{type: ce, weight: 1}}")
+            raise ConfigError(
+                f"term {i} must be a mapping like {{type: ce, weight: 1}}, got {quote(spec)}"
+            )
         try:
             build_term(spec)
         except ConfigError as err:

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from kdlab.errors import ConfigError, did_you_mean
+from kdlab.errors import ConfigError, did_you_mean, quote, shorten
 from kdlab.models.cnn import SmallCNN, count_parameters
 from kdlab.models.mlp import MLP
 from kdlab.models.mps import MPS, StackedMPS
@@ -30,22 +30,33 @@ MODELS: dict[str, str] = {
 }
 
 
-def resolve_model_class(kind: str) -> type[nn.Module]:
+def _valid_types() -> str:
+    own = "an import path 'package.module:ClassName' for your own nn.Module"
+    return f"{', '.join(MODELS)}, or {own}"
+
+
+def resolve_model_class(kind: Any) -> type[nn.Module]:
     """The class for a registered type name or a ``package.module:Class`` import path."""
-    path = MODELS.get(kind, kind)
-    if ":" not in path:
+    if not isinstance(kind, str):
         raise ConfigError(
-            f"unknown model type {kind!r}{did_you_mean(kind, MODELS, n=3)}; valid types: "
-            f"{', '.join(MODELS)}, or an import path 'package.module:ClassName' for your own "
-            "nn.Module"
+            f"a model's type must be a name, got {quote(kind)} ({type(kind).__name__}); "
+            f"valid types: {_valid_types()}"
         )
+    path = MODELS.get(kind, kind)
     module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(
+            f"unknown model type {quote(kind)}{did_you_mean(kind, MODELS, n=3)}; "
+            f"valid types: {_valid_types()}"
+        )
     try:
         cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"cannot import model {path!r}: {err}") from err
+    except Exception as err:  # importing a user's module may raise anything
+        raise ConfigError(
+            f"cannot import model {quote(path)}: {type(err).__name__}: {shorten(str(err), 200)}"
+        ) from err
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ConfigError(f"model {path!r} is not an nn.Module subclass")
+        raise ConfigError(f"model {quote(path)} is not an nn.Module subclass")
     return cls
 
 
@@ -55,23 +66,30 @@ def check_model_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     Returns the spec as a plain dict; configs call this when they are validated, and
     :func:`build_model` calls it again, so both give the same errors.
     """
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"a model spec must be a mapping like {{type: mlp}}, got {quote(spec)}")
     spec = dict(spec)
     kind = spec.get("type", "mlp")
-    params = inspect.signature(resolve_model_class(kind).__init__).parameters
+    cls = resolve_model_class(kind)
+    params = inspect.signature(cls.__init__).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        unknown = [k for k in spec if k != "type" and k not in params]
+        valid = [n for n, p in params.items() if n != "self" and p.kind is not p.VAR_POSITIONAL]
+        unknown = [k for k in spec if k != "type" and k not in valid]
         if unknown:
-            valid = [p for p in params if p != "self"]
             raise ConfigError(
-                f"model {kind!r} has no argument {', '.join(map(repr, unknown))}; "
+                f"model {kind!r} has no argument {', '.join(map(quote, unknown))}; "
                 f"valid arguments: {', '.join(valid)}"
             )
+    check = getattr(cls, "check_arguments", None)  # built-in models check values early too
+    if callable(check):
+        try:
+            check(**{k: v for k, v in spec.items() if k != "type"})
+        except ConfigError as err:
+            raise ConfigError(f"model {kind!r}: {err}") from None
     return spec
 
 
-def check_model_specs(
-    specs: Sequence[Any], where: str, aliases: Sequence[str] = ()
-) -> list[Any]:
+def check_model_specs(specs: Sequence[Any], where: str, aliases: Sequence[str] = ()) -> list[Any]:
     """Check a list of model specs (mappings) or named aliases (e.g. ``student``); errors name
     the position in ``where`` and what each entry may be."""
     checked: list[Any] = []
@@ -82,7 +100,7 @@ def check_model_specs(
             checked.append(check_model_spec(spec))
         else:
             valid = " or ".join([*(repr(a) for a in aliases), "a model spec like {type: mlp}"])
-            what = "missing (null)" if spec is None else f"{spec!r}"
+            what = "missing (null)" if spec is None else quote(spec)
             raise ConfigError(f"{where}[{i}] is {what}; each entry must be {valid}")
     return checked
 
@@ -116,8 +134,12 @@ def build_model(
             return cls(**spec)
         with seeded(seed):
             return cls(**spec)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"cannot build model {kind!r} with {spec}: {err}") from err
+    except ConfigError as err:  # the model's own check: it names the argument
+        raise ConfigError(f"model {kind!r}: {err}") from None
+    except (TypeError, ValueError, OverflowError) as err:
+        raise ConfigError(
+            f"cannot build model {kind!r} with {quote(spec, 200)}: {shorten(str(err), 300)}"
+        ) from err
 
 
 __all__ = [

@@ -2,9 +2,40 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
+
+from kdlab.errors import ConfigError, quote
+from kdlab.models.mlp import check_parameters, check_rate, check_size, check_sizes
+
+
+def check_cnn_arguments(
+    in_channels: Any = 1,
+    num_classes: Any = 10,
+    channels: Any = (32, 64),
+    hidden: Any = 128,
+    dropout: Any = 0.0,
+    input_shape: Any = None,
+) -> list[int]:
+    """Check :class:`SmallCNN`'s arguments; returns the image's (height, width)."""
+    check_size("in_channels", in_channels)
+    check_size("num_classes", num_classes)
+    if not check_sizes("channels", channels, "[32, 64]"):
+        raise ConfigError("channels must list at least one convolution width, e.g. [32, 64]")
+    check_size("hidden", hidden)
+    check_rate("dropout", dropout)
+    if input_shape is None:
+        return [28, 28]
+    shape = check_sizes("input_shape", input_shape, "[1, 28, 28]")
+    if len(shape) not in (2, 3):
+        raise ConfigError(
+            f"SmallCNN needs image inputs [channels, height, width], got inputs of shape "
+            f"{quote(input_shape)}; load the data without flatten (data.flatten: false)"
+        )
+    return shape[-2:]
 
 
 class SmallCNN(nn.Module):
@@ -13,6 +44,9 @@ class SmallCNN(nn.Module):
     Blocks are ``features.0``, ``features.1``, …; the head is ``head`` (paths for feature taps).
     Pooling is skipped once the map is 2×2 or smaller, so 8×8 digits work as well as 32×32 CIFAR.
     """
+
+    #: Checks the arguments a config gives, before the data fill in the rest.
+    check_arguments = staticmethod(check_cnn_arguments)
 
     def __init__(
         self,
@@ -24,9 +58,8 @@ class SmallCNN(nn.Module):
         input_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        if not channels or any(c < 1 for c in channels) or hidden < 1:
-            raise ValueError(f"channels and hidden must be ≥ 1, got {list(channels)}, {hidden}")
-        size = list(input_shape[-2:]) if input_shape is not None else [28, 28]
+        size = check_cnn_arguments(in_channels, num_classes, channels, hidden, dropout, input_shape)
+        _check_count(in_channels, num_classes, list(channels), hidden, size)
         blocks: list[nn.Module] = []
         width = in_channels
         for c in channels:
@@ -62,8 +95,20 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
+def _check_count(
+    in_channels: int, num_classes: int, channels: list[int], hidden: int, size: list[int]
+) -> None:
+    widths, count = [in_channels, *channels], 0
+    for c_in, c_out in itertools.pairwise(widths):  # conv 3×3 and BatchNorm
+        count += 9 * c_in * c_out + 2 * c_out
+        size = [s // 2 for s in size] if min(size) > 2 else size
+    count += (widths[-1] * size[0] * size[1] + 1) * hidden + (hidden + 1) * num_classes
+    check_parameters(f"SmallCNN (channels {channels}, hidden {hidden})", count,
+                     "use fewer channels or a smaller hidden layer")  # fmt: skip
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["SmallCNN", "count_parameters"]
+__all__ = ["SmallCNN", "check_cnn_arguments", "count_parameters"]

@@ -50,7 +50,7 @@ import copy
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from kdlab.data import DataSplits
@@ -182,13 +182,15 @@ class MutualScheme(Scheme):
 
 
 PEER_ALIASES = ("student", "teacher")
+#: More peers than this is a typo, not an experiment (each peer is a model trained in memory).
+MAX_PEERS = 1000
 
 
 class MutualOptions(Strict):
     """``distill.options`` of ``scheme: mutual``."""
 
     #: Number of peers, the student included, when ``peers`` is not given (copies of the student).
-    k: int | None = None
+    k: int | None = Field(None, le=MAX_PEERS)
     #: The peers besides the student: model specs, ``student`` or ``teacher`` (see module doc).
     peers: list[Any] | None = None
 

@@ -184,13 +184,13 @@ class RunStore(StoreConnection):
         return stale
 
     def add_artefact(
-        self, run_id: str, key: str, path: str | Path, sha256: str | None = None
+        self, run_id: str, key: str, path: str | Path, hashes: dict[str, str] | None = None
     ) -> None:
-        """Record (or replace) artefact ``key`` of a run in any status, with its file's hash."""
+        """Record (or replace) artefact ``key`` of a run in any status; ``hashes`` merge in."""
         with self._write() as conn:
             self._require(conn, run_id)
             merged = self._merged_artefacts(conn, run_id, {str(key): str(path)})
-            sums = self._merged_hashes(conn, run_id, {str(key): sha256} if sha256 else {})
+            sums = self._merged_hashes(conn, run_id, hashes or {})
             conn.execute("UPDATE runs SET artefacts = ?, hashes = ? WHERE id = ?",
                          (merged, sums, run_id))  # fmt: skip
 

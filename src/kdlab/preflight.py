@@ -1,0 +1,269 @@
+"""Preflight: check an experiment against its data before anything trains.
+
+The schema (:mod:`kdlab.config`) checks what a config says; some mistakes only show with the
+data: a model that cannot read the inputs or predicts the wrong number of classes, a weights
+file that is missing or does not fit its model, a loss term tapping a module the model does not
+have, a batch too small for a relation loss. :func:`preflight` finds them in seconds — it loads
+the data of the first seed (as the experiment will), builds every model of the experiment (the
+teacher or each ensemble member, the student, the scheme's peers, assistants or discriminator)
+with the seeds the experiment uses, passes two training samples through each in eval mode, loads
+the weights files the config names and builds every loss with its taps — so that a bad student
+spec is reported before the teacher has trained, not after. ``kdlab validate`` runs it, and so
+does :func:`kdlab.experiment.run_experiment` before its first seed. It leaves the global random
+streams untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from kdlab import checkpoint as ckpt
+from kdlab.config import ExperimentConfig
+from kdlab.data import DataSplits, load_dataset
+from kdlab.errors import ConfigError, KdlabError, quote, shorten
+from kdlab.freeze import train_only
+from kdlab.losses import Objective, build_objective, check_batch_sizes
+from kdlab.models import build_model
+from kdlab.models.discriminator import build_discriminator
+from kdlab.models.ensemble import EnsembleTeacher
+from kdlab.runs import check_num_classes
+from kdlab.schemes.adversarial import AdversarialOptions
+from kdlab.schemes.assistant import AssistantOptions
+from kdlab.schemes.born_again import BornAgainOptions
+from kdlab.schemes.discriminator import check_discriminator
+from kdlab.schemes.mutual import MutualOptions
+from kdlab.seeding import derived_seed
+from kdlab.settings import merge_settings
+from kdlab.taps import resolve_modules
+from kdlab.types import Batch
+
+#: Most peers a scheme may train at once (each is built here, and trained on every batch).
+MAX_MODELS = 1000
+
+
+def preflight(cfg: ExperimentConfig, teacher: nn.Module | None = None) -> None:
+    """Raise a ConfigError (or DataError) naming the field at fault, or return: ``cfg`` fits its
+    data. ``teacher`` replaces the config's teacher, as ``run_experiment(teachers=...)`` does.
+    """
+    seed = cfg.seeds[0]
+    data = _load_data(cfg, seed)
+    if teacher is not None:
+        check_num_classes(teacher, data, "teacher")
+    elif cfg.teacher is not None:
+        teacher = _teacher(cfg, data, seed)
+    student = build_checked(cfg.student.model, data, seed, "student", "student.model")
+    subset = cfg.student.train_subset
+    if subset is not None and subset > len(data.train):
+        raise ConfigError(
+            f"student.train_subset is {subset}, but {data.name} has only {len(data.train)} "
+            "training examples after the validation split"
+        )
+    _check_losses(cfg, data, student, teacher, _scheme_models(cfg, data, seed, student, teacher))
+
+
+def _load_data(cfg: ExperimentConfig, seed: int) -> DataSplits:
+    """The first seed's splits, loaded exactly as the experiment loads them."""
+    d = cfg.data
+    try:
+        return load_dataset(
+            d.source, root=d.root, seed=seed, val_fraction=d.val_fraction,
+            test_size=d.test_size, flatten=d.flatten,
+        )  # fmt: skip
+    except KdlabError:
+        raise
+    except ValueError as err:  # a size that does not fit the data, e.g. test_size
+        raise ConfigError(f"data: {err}") from None
+
+
+def build_checked(
+    spec: Mapping[str, Any], data: DataSplits, seed: int, role: str, where: str, check: bool = True
+) -> nn.Module:
+    """Build ``spec`` for ``data`` with ``seed``; with ``check``, one eval-mode forward pass of two
+    training samples must give one logit per class. Errors start with ``where`` (the field)."""
+    try:
+        model = build_model(spec, data.input_shape, data.num_classes, seed=seed)
+        if check:
+            check_num_classes(model, data, role)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    except Exception as err:  # a model of the user's own may fail in any way
+        raise ConfigError(
+            f"{where}: cannot build the {role} {quote(spec)}: {type(err).__name__}: "
+            f"{shorten(str(err), 300)}"
+        ) from err
+    return model
+
+
+def _teacher(cfg: ExperimentConfig, data: DataSplits, seed: int) -> nn.Module:
+    """The teacher as the experiment builds it (weights loaded, when files are given)."""
+    t = cfg.teacher
+    assert t is not None
+    n = t.member_count()
+    specs = t.ensemble if isinstance(t.ensemble, list) else [t.model] * n
+    paths = t.checkpoints or [t.checkpoint] * n
+    models = []
+    for m, (spec, path) in enumerate(zip(specs, paths, strict=True)):
+        where = f"teacher.ensemble[{m}]" if isinstance(t.ensemble, list) else "teacher.model"
+        role = "teacher" if n == 1 else f"teacher member {m + 1}"
+        model = build_checked(spec, data, derived_seed(seed, m), role, where, check=False)
+        if path is not None:
+            field = "teacher.checkpoint" if n == 1 else f"teacher.checkpoints[{m}]"
+            load_weights(model, path, field, f"{where} {quote(spec, 200)}")
+        try:
+            check_num_classes(model, data, role)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+        models.append(model)
+    if n == 1:
+        return models[0]
+    return EnsembleTeacher(models, temperature=t.ensemble_temperature)
+
+
+def load_weights(model: nn.Module, path: str, field: str, fits: str) -> None:
+    """Load the weights file ``path`` (named by config field ``field``) into ``model``."""
+    try:
+        found = Path(path).is_file()
+    except (OSError, ValueError):  # e.g. a name too long, or holding a NUL character
+        found = False
+    if not found:
+        raise ConfigError(
+            f"{field} {shorten(path, 200)} does not exist; give the path of a weights file "
+            "(a kdlab checkpoint or model file, or a saved state_dict)"
+        )
+    try:
+        state = ckpt.load_state_dict(path)
+    except KdlabError as err:  # unreadable, or not weights at all
+        raise ConfigError(f"{field}: {err}") from err
+    except Exception as err:
+        raise ConfigError(
+            f"{field}: cannot read weights file {path}: {type(err).__name__}: "
+            f"{shorten(str(err), 300)}"
+        ) from err
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, ValueError, AttributeError) as err:
+        raise ConfigError(f"{field} {path} does not fit {fits}: {err}") from err
+
+
+def _scheme_models(
+    cfg: ExperimentConfig, data: DataSplits, seed: int, student: nn.Module, teacher: Any
+) -> list[nn.Module]:
+    """The extra models of the scheme (peers, assistants), built as the scheme builds them; the
+    adversarial discriminator is built and run on the teacher's logits."""
+    opts = cfg.distill.parsed_options()
+    extras: list[nn.Module] = []
+    if isinstance(opts, MutualOptions):
+        if (opts.k or 0) > MAX_MODELS:
+            raise ConfigError(
+                f"distill.options.k is {opts.k}: {opts.k} peers cannot train together; "
+                f"use at most {MAX_MODELS}"
+            )
+        for i, spec in enumerate(opts.other_peers(), start=1):
+            if spec == "teacher":
+                extras.append(teacher)
+                continue
+            model = cfg.student.model if spec == "student" else spec
+            where = "distill.options.k" if opts.peers is None else f"distill.options.peers[{i - 1}]"
+            extras.append(build_checked(model, data, derived_seed(seed, i), f"peer{i + 1}", where))
+    elif isinstance(opts, AssistantOptions):
+        for i, spec in enumerate(opts.assistants, start=1):
+            where = f"distill.options.assistants[{i - 1}]"
+            extras.append(build_checked(spec, data, derived_seed(seed, i), f"assistant {i}", where))
+    elif isinstance(opts, AdversarialOptions):
+        sample = Batch(data.train.x[:2], data.train.y[:2])
+        try:
+            discriminator = build_discriminator(data.num_classes, seed, opts.discriminator)
+            check_discriminator(discriminator, teacher or student, sample)
+        except (ConfigError, ValueError) as err:
+            raise ConfigError(f"distill.options.discriminator: {err}") from None
+    return extras
+
+
+def _check_losses(
+    cfg: ExperimentConfig,
+    data: DataSplits,
+    student: nn.Module,
+    teacher: nn.Module | None,
+    extras: list[nn.Module],
+) -> None:
+    """Build every loss of the experiment; check its taps on the models it reads, and that each
+    batch is big enough for the terms that compare samples."""
+    t = cfg.teacher
+    if t is not None and t.checkpoint is None and t.checkpoints is None and teacher is not None:
+        objective = _objective(t.loss, "teacher.loss")
+        if objective.needs_teacher:
+            raise ConfigError(
+                "teacher.loss: the teacher trains on labels, so its loss cannot read a teacher; "
+                "use terms such as [{type: ce}]"
+            )
+        members = list(teacher.members) if isinstance(teacher, EnsembleTeacher) else [teacher]
+        _taps(objective, "teacher.loss", members, [])
+        _batches(objective, "teacher.loss", len(data.train), t.train.batch_size)
+    base = cfg.distill.train or cfg.student.train
+    n_train = cfg.student.train_subset or len(data.train)
+    learners, teachers = _readers(cfg, student, teacher, extras)
+    for i, stage in enumerate(cfg.distill.stages or []):
+        where = f"distill.stages[{i}]"
+        objective = _objective(stage.loss, f"{where}.loss")
+        _taps(objective, f"{where}.loss", learners, teachers)
+        _batches(objective, where, n_train, merge_settings(base, stage.train).batch_size)
+        if stage.trainable != "all":
+            try:
+                with train_only(student, stage.trainable, "student"):
+                    pass
+            except ConfigError as err:
+                raise ConfigError(f"{where}.trainable: {err}") from None
+    if cfg.distill.loss is not None:
+        objective = _objective(cfg.distill.loss, "distill.loss")
+        _taps(objective, "distill.loss", learners, teachers)
+        _batches(objective, "distill.train", n_train, base.batch_size)
+
+
+def _readers(
+    cfg: ExperimentConfig, student: nn.Module, teacher: nn.Module | None, extras: list[nn.Module]
+) -> tuple[list[nn.Module], list[nn.Module]]:
+    """(the models the distillation's loss reads as students, those it reads as teachers)."""
+    opts = cfg.distill.parsed_options()
+    teachers = [teacher] if teacher is not None else []
+    if isinstance(opts, MutualOptions):  # every peer learns from every other
+        return [student, *extras], [student, *extras]
+    if isinstance(opts, AssistantOptions):  # teacher → assistant 1 → … → student
+        return [*extras, student], [*teachers, *extras]
+    if isinstance(opts, BornAgainOptions):  # each generation (the student's model) the next
+        return [student], [student, *(teachers if opts.gen0 == "teacher" else [])]
+    return [student], teachers
+
+
+def _objective(specs: Sequence[Mapping[str, Any]], where: str) -> Objective:
+    try:
+        return build_objective(specs)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def _taps(
+    objective: Objective, where: str, learners: Sequence[nn.Module], teachers: Sequence[nn.Module]
+) -> None:
+    """Every module path the active terms read must exist on the models they read it from."""
+    try:
+        for model in learners:
+            resolve_modules(model, objective.student_taps, "student")
+        if objective.needs_teacher:
+            for model in teachers:
+                resolve_modules(model, objective.teacher_taps, "teacher")
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def _batches(objective: Objective, where: str, n_train: int, batch_size: int) -> None:
+    try:
+        check_batch_sizes(objective, n_train, batch_size)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+__all__ = ["build_checked", "load_weights", "preflight"]
