@@ -20,6 +20,7 @@ from kdlab.errors import ConfigError, did_you_mean, quote, shorten
 from kdlab.models.cnn import SmallCNN, count_parameters
 from kdlab.models.mlp import MLP
 from kdlab.models.mps import MPS, StackedMPS
+from kdlab.models.zoo import ZOO
 from kdlab.seeding import seeded
 
 MODELS: dict[str, str] = {
@@ -27,6 +28,7 @@ MODELS: dict[str, str] = {
     "cnn": "kdlab.models.cnn:SmallCNN",
     "mps": "kdlab.models.mps:MPS",
     "stacked_mps": "kdlab.models.mps:StackedMPS",
+    **ZOO,  # the CIFAR model zoo of the KD literature (resnet8x4, wrn_40_2, vgg8, …)
 }
 
 
