@@ -12,13 +12,14 @@ import torch
 
 import kdlab
 from kdlab import checkpoint as ckpt
-from kdlab import experiment as experiment_module
 from kdlab.api import RunResult, distill, evaluate, train
 from kdlab.config import ExperimentConfig, parse_config
 from kdlab.data.base import ArrayDataset
 from kdlab.errors import NonFiniteLossError
-from kdlab.experiment import run_experiment, student_train_set
+from kdlab.experiment import run_experiment
 from kdlab.models import MLP, build_model
+from kdlab.schemes import base as scheme_base
+from kdlab.schemes.base import student_train_set
 from kdlab.settings import TrainSettings
 from kdlab.store import RunStore
 
@@ -66,7 +67,7 @@ def experiment(tmp_path_factory: pytest.TempPathFactory) -> Experiment:
         return model
 
     with pytest.MonkeyPatch.context() as mp, RunStore(root) as store:
-        mp.setattr(experiment_module, "build_model", recording_build_model)
+        mp.setattr(scheme_base, "build_model", recording_build_model)
         result = run_experiment(cfg, store, progress=False)
     return Experiment(root, cfg, result, initial)
 

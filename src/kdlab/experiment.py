@@ -11,7 +11,6 @@ interrupted one continues from its last checkpoint (:func:`kdlab.runs.fit`).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,11 +18,10 @@ from typing import Any
 from torch import nn
 
 from kdlab.config import ExperimentConfig
-from kdlab.data import ArrayDataset, DataSplits, load_dataset, split_indices
+from kdlab.data import DataSplits, load_dataset
 from kdlab.errors import ConfigError
 from kdlab.health import check_teacher
 from kdlab.inference import predict_logits
-from kdlab.models import build_model
 from kdlab.preflight import preflight
 from kdlab.resume import StoredSeed, config_fingerprint
 from kdlab.runs import Recorder, RunInfo, RunResult, check_num_classes
@@ -45,19 +43,6 @@ class ExperimentResult:
 
     def by_role(self, role: str) -> list[RunResult]:
         return [r for r in self.runs if r.role == role]
-
-
-def student_train_set(data: DataSplits, subset: int | None, seed: int) -> ArrayDataset:
-    """The student's labelled examples: all of ``data.train``, or a stratified subset."""
-    if subset is None:
-        return data.train
-    if subset > len(data.train):
-        raise ConfigError(
-            f"student.train_subset is {subset}, but {data.name} has only {len(data.train)} "
-            "training examples after the validation split"
-        )
-    (index,) = split_indices(data.train.y.numpy(), [subset], seed)
-    return data.train.subset(index)
 
 
 @dataclass
@@ -94,22 +79,9 @@ class _Seed:
         return model.eval(), runs
 
     def context(self, data: DataSplits, teacher: nn.Module | None) -> DistillContext:
-        """What the scheme gets: the student's data (its labelled examples as ``train``)."""
-        cfg, seed = self.cfg, self.seed
-        student_data = dataclasses.replace(
-            data, train=student_train_set(data, cfg.student.train_subset, seed)
+        return DistillContext.for_seed(
+            self.cfg, data, self.seed, teacher, self.recorder, self.config_json
         )
-
-        def new_student() -> nn.Module:  # the baseline and every distilled student start alike
-            return build_model(cfg.student.model, data.input_shape, data.num_classes, seed=seed)
-
-        return DistillContext(
-            data=student_data, seed=seed, teacher=teacher, loss=cfg.distill.loss,
-            train=cfg.distill.train or cfg.student.train, options=cfg.distill.parsed_options(),
-            new_student=new_student, student_model=dict(cfg.student.model),
-            stages=cfg.distill.stages, recorder=self.recorder,
-            config={"experiment": self.config_json, "train_examples": len(student_data.train)},
-        )  # fmt: skip
 
     def baseline(self, ctx: DistillContext) -> RunResult:
         """The student alone: the same initial weights and examples, labels only."""
@@ -172,4 +144,4 @@ def run_experiment(
     return result
 
 
-__all__ = ["ExperimentResult", "run_experiment", "student_train_set"]
+__all__ = ["ExperimentResult", "run_experiment"]

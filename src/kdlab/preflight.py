@@ -28,21 +28,13 @@ from kdlab.errors import ConfigError, KdlabError, quote, shorten
 from kdlab.freeze import train_only
 from kdlab.losses import Objective, build_objective, check_batch_sizes
 from kdlab.models import build_model
-from kdlab.models.discriminator import build_discriminator
 from kdlab.models.ensemble import EnsembleTeacher
 from kdlab.runs import check_num_classes
-from kdlab.schemes.adversarial import AdversarialOptions
-from kdlab.schemes.assistant import AssistantOptions
-from kdlab.schemes.born_again import BornAgainOptions
-from kdlab.schemes.discriminator import check_discriminator
-from kdlab.schemes.mutual import MutualOptions
+from kdlab.schemes.base import DistillContext
+from kdlab.schemes.registry import get_scheme
 from kdlab.seeding import derived_seed
 from kdlab.settings import merge_settings
 from kdlab.taps import resolve_modules
-from kdlab.types import Batch
-
-#: Most peers a scheme may train at once (each is built here, and trained on every batch).
-MAX_MODELS = 1000
 
 
 def preflight(cfg: ExperimentConfig, teacher: nn.Module | None = None) -> None:
@@ -62,7 +54,7 @@ def preflight(cfg: ExperimentConfig, teacher: nn.Module | None = None) -> None:
             f"student.train_subset is {subset}, but {data.name} has only {len(data.train)} "
             "training examples after the validation split"
         )
-    _check_losses(cfg, data, student, teacher, _scheme_models(cfg, data, seed, student, teacher))
+    _check_losses(cfg, data, student, teacher)
 
 
 def _load_data(cfg: ExperimentConfig, seed: int) -> DataSplits:
@@ -150,37 +142,14 @@ def load_weights(model: nn.Module, path: str, field: str, fits: str) -> None:
 
 
 def _scheme_models(
-    cfg: ExperimentConfig, data: DataSplits, seed: int, student: nn.Module, teacher: Any
-) -> list[nn.Module]:
-    """The extra models of the scheme (peers, assistants), built as the scheme builds them; the
-    adversarial discriminator is built and run on the teacher's logits."""
-    opts = cfg.distill.parsed_options()
-    extras: list[nn.Module] = []
-    if isinstance(opts, MutualOptions):
-        if (opts.k or 0) > MAX_MODELS:
-            raise ConfigError(
-                f"distill.options.k is {opts.k}: {opts.k} peers cannot train together; "
-                f"use at most {MAX_MODELS}"
-            )
-        for i, spec in enumerate(opts.other_peers(), start=1):
-            if spec == "teacher":
-                extras.append(teacher)
-                continue
-            model = cfg.student.model if spec == "student" else spec
-            where = "distill.options.k" if opts.peers is None else f"distill.options.peers[{i - 1}]"
-            extras.append(build_checked(model, data, derived_seed(seed, i), f"peer{i + 1}", where))
-    elif isinstance(opts, AssistantOptions):
-        for i, spec in enumerate(opts.assistants, start=1):
-            where = f"distill.options.assistants[{i - 1}]"
-            extras.append(build_checked(spec, data, derived_seed(seed, i), f"assistant {i}", where))
-    elif isinstance(opts, AdversarialOptions):
-        sample = Batch(data.train.x[:2], data.train.y[:2])
-        try:
-            discriminator = build_discriminator(data.num_classes, seed, opts.discriminator)
-            check_discriminator(discriminator, teacher or student, sample)
-        except (ConfigError, ValueError) as err:
-            raise ConfigError(f"distill.options.discriminator: {err}") from None
-    return extras
+    cfg: ExperimentConfig, data: DataSplits, student: nn.Module, teacher: nn.Module | None
+) -> tuple[list[nn.Module], list[nn.Module]]:
+    """(the models the distillation's loss reads as students, those it reads as teachers),
+    built and checked by the scheme itself (``SchemeSpec.models``), as its run builds them."""
+    spec = get_scheme(cfg.distill.scheme)
+    if spec.models is not None:
+        return spec.models(DistillContext.for_seed(cfg, data, cfg.seeds[0], teacher))
+    return [student], [teacher] if teacher is not None else []
 
 
 def _check_losses(
@@ -188,7 +157,6 @@ def _check_losses(
     data: DataSplits,
     student: nn.Module,
     teacher: nn.Module | None,
-    extras: list[nn.Module],
 ) -> None:
     """Build every loss of the experiment; check its taps on the models it reads, and that each
     batch is big enough for the terms that compare samples."""
@@ -205,7 +173,7 @@ def _check_losses(
         _batches(objective, "teacher.loss", len(data.train), t.train.batch_size)
     base = cfg.distill.train or cfg.student.train
     n_train = cfg.student.train_subset or len(data.train)
-    learners, teachers = _readers(cfg, student, teacher, extras)
+    learners, teachers = _scheme_models(cfg, data, student, teacher)
     for i, stage in enumerate(cfg.distill.stages or []):
         where = f"distill.stages[{i}]"
         objective = _objective(stage.loss, f"{where}.loss")
@@ -221,21 +189,6 @@ def _check_losses(
         objective = _objective(cfg.distill.loss, "distill.loss")
         _taps(objective, "distill.loss", learners, teachers)
         _batches(objective, "distill.train", n_train, base.batch_size)
-
-
-def _readers(
-    cfg: ExperimentConfig, student: nn.Module, teacher: nn.Module | None, extras: list[nn.Module]
-) -> tuple[list[nn.Module], list[nn.Module]]:
-    """(the models the distillation's loss reads as students, those it reads as teachers)."""
-    opts = cfg.distill.parsed_options()
-    teachers = [teacher] if teacher is not None else []
-    if isinstance(opts, MutualOptions):  # every peer learns from every other
-        return [student, *extras], [student, *extras]
-    if isinstance(opts, AssistantOptions):  # teacher → assistant 1 → … → student
-        return [*extras, student], [*teachers, *extras]
-    if isinstance(opts, BornAgainOptions):  # each generation (the student's model) the next
-        return [student], [student, *(teachers if opts.gen0 == "teacher" else [])]
-    return [student], teachers
 
 
 def _objective(specs: Sequence[Mapping[str, Any]], where: str) -> Objective:

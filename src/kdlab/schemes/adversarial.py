@@ -1,7 +1,6 @@
 """Adversarial distillation (seed 004): a discriminator D on logits, real = teacher, fake = student.
 
 Three modes share one scheme:
-
 - ``pretrained`` — D was trained beforehand (:func:`pretrain_discriminator`) and stays frozen;
   the student minimises its objective + β·(−H(fake, P_D)) (see ``pretrained_fool_loss``).
 - ``gan`` — D and student alternate on every batch:
@@ -68,6 +67,7 @@ from kdlab.schemes.base import DistillContext, Scheme, Update, require_teacher
 from kdlab.schemes.discriminator import (
     DiscriminatorPretraining,
     check_discriminator,
+    discriminator_models,
     pretrain_discriminator,
 )
 from kdlab.schemes.offline import LossSpec, OfflineScheme, as_objective
@@ -386,7 +386,7 @@ def run_adversarial(ctx: DistillContext) -> list[RunResult]:
 
 
 SCHEME = SchemeSpec(
-    "adversarial", run_adversarial, AdversarialOptions,
+    "adversarial", run_adversarial, AdversarialOptions, models=discriminator_models,
     summary="student vs a logit discriminator: pretrained D, GAN or WGAN (seed 004)",
 )  # fmt: skip
 

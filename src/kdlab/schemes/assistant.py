@@ -36,7 +36,7 @@ from kdlab.data import DataSplits
 from kdlab.errors import ConfigError
 from kdlab.models import check_model_specs
 from kdlab.runs import Recorder, RunInfo, RunResult
-from kdlab.schemes.base import DistillContext, require_teacher
+from kdlab.schemes.base import DistillContext, checked, require_teacher
 from kdlab.schemes.offline import LossSpec, fit_offline
 from kdlab.schemes.registry import SchemeSpec
 from kdlab.settings import Strict, TrainSettings
@@ -110,10 +110,28 @@ def assistant_chain(
     return runs
 
 
+def _build_assistants(ctx: DistillContext) -> list[nn.Module]:
+    opts = ctx.options
+    assert isinstance(opts, AssistantOptions)
+    assistants = []
+    for position, spec in enumerate(opts.assistants, 1):
+        where = f"distill.options.assistants[{position - 1}]"
+        build = lambda spec=spec, p=position: ctx.build(spec, p)  # noqa: E731
+        assistants.append(checked(build, ctx.data, f"assistant {position}", where))
+    return assistants
+
+
+def assistant_models(ctx: DistillContext) -> tuple[list[nn.Module], list[nn.Module]]:
+    """Preflight: teacher → assistant 1 → … → student, each learning from the one before."""
+    assistants = _build_assistants(ctx)
+    teachers = [ctx.teacher] if ctx.teacher is not None else []
+    return [*assistants, ctx.new_student()], [*teachers, *assistants]
+
+
 def run_assistant(ctx: DistillContext) -> list[RunResult]:
     opts = ctx.options
     assert isinstance(opts, AssistantOptions)
-    assistants = [ctx.build(spec, position) for position, spec in enumerate(opts.assistants, 1)]
+    assistants = _build_assistants(ctx)
     return assistant_chain(
         ctx.teacher, [*assistants, ctx.new_student()], ctx.data, ctx.loss or [], ctx.train,
         opts.assistant_train, RunInfo("distilled", seed=ctx.seed, config=ctx.config), ctx.recorder,
@@ -123,6 +141,7 @@ def run_assistant(ctx: DistillContext) -> list[RunResult]:
 SCHEME = SchemeSpec(
     "assistant", run_assistant, AssistantOptions,
     summary="teacher → assistant(s) → student, each link an offline distillation (TAKD)",
+    models=assistant_models,
 )  # fmt: skip
 
 __all__ = ["SCHEME", "AssistantOptions", "assistant_chain"]

@@ -15,6 +15,7 @@ student) that builds the scheme's models, fits them through :mod:`kdlab.runs` an
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,13 +23,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdlab.config import StageConfig
-from kdlab.data import ArrayDataset, DataSplits
+from kdlab.config import ExperimentConfig, StageConfig
+from kdlab.data import ArrayDataset, DataSplits, split_indices
 from kdlab.engine import Update
 from kdlab.errors import ConfigError
 from kdlab.inference import forward_with_taps, predict_logits
 from kdlab.models import build_model
-from kdlab.runs import Recorder, RunInfo
+from kdlab.runs import Recorder, RunInfo, check_num_classes
 from kdlab.seeding import derived_seed
 from kdlab.settings import Strict, TrainSettings
 from kdlab.types import Batch, ModelOutput
@@ -123,6 +124,33 @@ class DistillContext:
     recorder: Recorder = field(default_factory=Recorder)
     config: dict[str, Any] = field(default_factory=dict)  # recorded with each run
 
+    @classmethod
+    def for_seed(
+        cls,
+        cfg: ExperimentConfig,
+        data: DataSplits,
+        seed: int,
+        teacher: nn.Module | None,
+        recorder: Recorder | None = None,
+        config_json: dict[str, Any] | None = None,
+    ) -> DistillContext:
+        """The context of ``seed`` of ``cfg``: the student's data (its labelled examples as
+        ``train``), its teacher, and the experiment JSON recorded with each run."""
+        student_data = dataclasses.replace(
+            data, train=student_train_set(data, cfg.student.train_subset, seed)
+        )
+
+        def new_student() -> nn.Module:  # the baseline and every distilled student start alike
+            return build_model(cfg.student.model, data.input_shape, data.num_classes, seed=seed)
+
+        return cls(
+            data=student_data, seed=seed, teacher=teacher, loss=cfg.distill.loss,
+            train=cfg.distill.train or cfg.student.train, options=cfg.distill.parsed_options(),
+            new_student=new_student, student_model=dict(cfg.student.model),
+            stages=cfg.distill.stages, recorder=recorder or Recorder(),
+            config={"experiment": config_json or {}, "train_examples": len(student_data.train)},
+        )  # fmt: skip
+
     def run(self, role: str, name: str, **config: Any) -> RunInfo:
         """The RunInfo of one of this seed's runs, recording ``config`` beside the context's."""
         return RunInfo(role, name, self.seed, {**self.config, **config})
@@ -143,4 +171,37 @@ class DistillContext:
         return build_model(spec, self.data.input_shape, self.data.num_classes, seed=seed)
 
 
-__all__ = ["DistillContext", "Scheme", "Update", "require_teacher"]
+def student_train_set(data: DataSplits, subset: int | None, seed: int) -> ArrayDataset:
+    """The student's labelled examples: all of ``data.train``, or a stratified subset."""
+    if subset is None:
+        return data.train
+    if subset > len(data.train):
+        raise ConfigError(
+            f"student.train_subset is {subset}, but {data.name} has only {len(data.train)} "
+            "training examples after the validation split"
+        )
+    (index,) = split_indices(data.train.y.numpy(), [subset], seed)
+    return data.train.subset(index)
+
+
+def checked(build: Callable[[], nn.Module], data: DataSplits, role: str, where: str) -> nn.Module:
+    """``build()``, then one eval-mode forward of two training samples: errors start with
+    ``where`` (the config field), including the odd exception a user's own model raises."""
+    try:
+        model = build()
+        check_num_classes(model, data, role)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    except Exception as err:  # a model of the user's own may fail in any way
+        raise ConfigError(f"{where}: cannot build the {role}: {type(err).__name__}: {err}") from err
+    return model
+
+
+__all__ = [
+    "DistillContext",
+    "Scheme",
+    "Update",
+    "checked",
+    "require_teacher",
+    "student_train_set",
+]

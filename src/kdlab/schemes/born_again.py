@@ -126,8 +126,17 @@ def run_born_again(ctx: DistillContext) -> list[RunResult]:
                       ctx.recorder)  # fmt: skip
 
 
+def born_again_models(ctx: DistillContext) -> tuple[list[nn.Module], list[nn.Module]]:
+    """Preflight: each generation (the student's model) learns from the one before, and
+    generation 1 from the teacher when ``gen0: teacher``."""
+    assert isinstance(ctx.options, BornAgainOptions)
+    student = ctx.new_student()
+    gen0 = [ctx.teacher] if ctx.options.gen0 == "teacher" and ctx.teacher is not None else []
+    return [student], [student, *gen0]
+
+
 SCHEME = SchemeSpec(
-    "born_again", run_born_again, BornAgainOptions, needs_teacher=False,
+    "born_again", run_born_again, BornAgainOptions, needs_teacher=False, models=born_again_models,
     summary="each generation of the student's architecture teaches the next (born-again)",
 )  # fmt: skip
 

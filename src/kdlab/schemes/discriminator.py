@@ -18,7 +18,8 @@ from kdlab.engine import Engine
 from kdlab.errors import ConfigError
 from kdlab.inference import predict_logits
 from kdlab.losses.adversarial import discriminator_accuracy, gan_discriminator_loss
-from kdlab.schemes.base import Scheme, Update
+from kdlab.models.discriminator import build_discriminator
+from kdlab.schemes.base import DistillContext, Scheme, Update
 from kdlab.settings import TrainSettings
 from kdlab.types import Batch, LossOutput
 
@@ -124,10 +125,22 @@ def pretrain_discriminator(
         )
     return summary
 
+def discriminator_models(ctx: DistillContext) -> tuple[list[nn.Module], list[nn.Module]]:
+    """The adversarial scheme's preflight: the discriminator built from its options
+    (``ctx.options.discriminator``) must score the teacher's logits."""
+    student, data = ctx.new_student(), ctx.data
+    try:
+        d = build_discriminator(data.num_classes, ctx.seed, ctx.options.discriminator)
+        check_discriminator(d, ctx.teacher or student, Batch(data.train.x[:2], data.train.y[:2]))
+    except (ConfigError, ValueError) as err:
+        raise ConfigError(f"distill.options.discriminator: {err}") from None
+    return [student], [ctx.teacher] if ctx.teacher is not None else []
+
 
 __all__ = [
     "DiscriminatorPretraining",
     "check_discriminator",
+    "discriminator_models",
     "holdout_accuracy",
     "pretrain_discriminator",
 ]

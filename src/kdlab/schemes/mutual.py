@@ -59,7 +59,7 @@ from kdlab.inference import batch_accuracy
 from kdlab.losses import LossOutput, Objective, Term, build_objective, prepare_terms
 from kdlab.models import check_model_specs
 from kdlab.runs import Recorder, RunInfo, RunResult, check_num_classes, fit, record_model
-from kdlab.schemes.base import DistillContext, Scheme, Update, require_teacher
+from kdlab.schemes.base import DistillContext, Scheme, Update, checked, require_teacher
 from kdlab.schemes.registry import SchemeSpec
 from kdlab.settings import Strict, TrainSettings
 from kdlab.taps import resolve_modules
@@ -192,7 +192,7 @@ class MutualOptions(Strict):
     #: Number of peers, the student included, when ``peers`` is not given (copies of the student).
     k: int | None = Field(None, le=MAX_PEERS)
     #: The peers besides the student: model specs, ``student`` or ``teacher`` (see module doc).
-    peers: list[Any] | None = None
+    peers: list[Any] | None = Field(None, max_length=MAX_PEERS - 1)
 
     @field_validator("k")
     @classmethod
@@ -279,16 +279,29 @@ def mutual_learning(
 
 
 def _build_peers(ctx: DistillContext, opts: MutualOptions) -> list[nn.Module]:
-    peers = [ctx.new_student()]  # peer 1: the baseline's initial weights
+    """Peer 1 with the baseline's initial weights; each other peer built and checked, errors
+    naming its entry of ``distill.options``."""
+    peers = [ctx.new_student()]
     for position, spec in enumerate(opts.other_peers(), start=1):
-        if spec == "teacher":
-            teacher = require_teacher(ctx.teacher, "distill.options.peers names 'teacher'")
-            peer = copy.deepcopy(teacher)  # trained weights; it keeps learning from here
-            peer.requires_grad_(True)
-        else:
-            peer = ctx.build(None if spec == "student" else spec, position)
-        peers.append(peer)
+        where = f"distill.options.peers[{position - 1}]" if opts.peers else "distill.options.k"
+        build = lambda spec=spec, p=position, w=where: _peer(ctx, spec, p, w)  # noqa: E731
+        peers.append(checked(build, ctx.data, f"peer{position + 1}", where))
     return peers
+
+
+def _peer(ctx: DistillContext, spec: Any, position: int, where: str) -> nn.Module:
+    if spec != "teacher":
+        return ctx.build(None if spec == "student" else spec, position)
+    peer = copy.deepcopy(require_teacher(ctx.teacher, f"{where} names 'teacher'"))
+    peer.requires_grad_(True)  # trained weights; it keeps learning from here
+    return peer
+
+
+def mutual_models(ctx: DistillContext) -> tuple[list[nn.Module], list[nn.Module]]:
+    """Preflight: every peer reads every other, as student and as teacher."""
+    assert isinstance(ctx.options, MutualOptions)
+    peers = _build_peers(ctx, ctx.options)
+    return peers, peers
 
 
 def run_mutual(ctx: DistillContext) -> list[RunResult]:
@@ -307,6 +320,7 @@ def run_mutual(ctx: DistillContext) -> list[RunResult]:
 SCHEME = SchemeSpec(
     "mutual", run_mutual, MutualOptions, needs_teacher=False,
     summary="k peers learn together, each from the others (deep mutual learning)",
+    models=mutual_models,
 )  # fmt: skip
 
 __all__ = [

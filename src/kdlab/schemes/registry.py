@@ -2,7 +2,8 @@
 
 A scheme is one file in this package that ends with ``SCHEME = SchemeSpec(...)``: its name, the
 function that plans and runs one seed of an experiment, the pydantic model of its
-``distill.options``, and whether it needs a pre-trained teacher. The config validates against
+``distill.options``, whether it needs a pre-trained teacher, and (for the preflight) how it
+builds its models. The config validates against
 the spec without importing the scheme's code until a config names it, so this module (and the
 config that imports it) stays below the engine, the runs layer and every scheme.
 
@@ -37,6 +38,10 @@ class SchemeSpec:
     #: False for schemes that work without a pre-trained teacher (mutual, born-again).
     needs_teacher: bool = True
     summary: str = ""
+    #: ``models(ctx) -> (learners, teachers)`` for the preflight: one seed's models built as
+    #: ``run`` builds them and checked (errors name the config field), as the loss reads them —
+    #: as students, and as teachers. None: the student learns from the teacher (offline).
+    models: Callable[[Any], tuple[list[Any], list[Any]]] | None = None
 
 
 #: Built-in schemes by name → the module that defines its ``SCHEME`` (the order of error lists).
