@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from kdlab.errors import ConfigError, quote
 from kdlab.models.mlp import check_size, check_sizes
+from kdlab.models.preset import preset
 from kdlab.models.zoo import init_weights
 
 
@@ -134,67 +135,73 @@ _BASE = (16, 16, 32, 64)
 _X4 = (32, 64, 128, 256)
 
 
-class ResNet8(CifarResNet):
-    """resnet8: n = 1, widths 16/32/64 (a small student)."""
-
-    def __init__(self, num_classes: int = 100, in_channels: int = 3) -> None:
-        super().__init__(num_classes, in_channels, depth=8, widths=_BASE)
-
-
-class ResNet14(CifarResNet):
-    """resnet14: n = 2, widths 16/32/64."""
-
-    def __init__(self, num_classes: int = 100, in_channels: int = 3) -> None:
-        super().__init__(num_classes, in_channels, depth=14, widths=_BASE)
+ResNet8 = preset(
+    CifarResNet,
+    "ResNet8",
+    "resnet8: n = 1, widths 16/32/64 (a small student).",
+    depth=8,
+    widths=_BASE,
+)
 
 
-class ResNet20(CifarResNet):
-    """resnet20: n = 3, widths 16/32/64 (0.28 M parameters for 100 classes)."""
-
-    def __init__(self, num_classes: int = 100, in_channels: int = 3) -> None:
-        super().__init__(num_classes, in_channels, depth=20, widths=_BASE)
+ResNet14 = preset(
+    CifarResNet, "ResNet14", "resnet14: n = 2, widths 16/32/64.", depth=14, widths=_BASE
+)
 
 
-class ResNet32(CifarResNet):
-    """resnet32: n = 5, widths 16/32/64."""
-
-    def __init__(self, num_classes: int = 100, in_channels: int = 3) -> None:
-        super().__init__(num_classes, in_channels, depth=32, widths=_BASE)
-
-
-class ResNet44(CifarResNet):
-    """resnet44: n = 7, widths 16/32/64."""
-
-    def __init__(self, num_classes: int = 100, in_channels: int = 3) -> None:
-        super().__init__(num_classes, in_channels, depth=44, widths=_BASE)
+ResNet20 = preset(
+    CifarResNet,
+    "ResNet20",
+    "resnet20: n = 3, widths 16/32/64 (0.28 M parameters for 100 classes).",
+    depth=20,
+    widths=_BASE,
+)
 
 
-class ResNet56(CifarResNet):
-    """resnet56: n = 9, widths 16/32/64 (a common teacher, 0.86 M parameters)."""
-
-    def __init__(self, num_classes: int = 100, in_channels: int = 3) -> None:
-        super().__init__(num_classes, in_channels, depth=56, widths=_BASE)
+ResNet32 = preset(
+    CifarResNet, "ResNet32", "resnet32: n = 5, widths 16/32/64.", depth=32, widths=_BASE
+)
 
 
-class ResNet110(CifarResNet):
-    """resnet110: n = 18, widths 16/32/64 (a common teacher, 1.74 M parameters)."""
-
-    def __init__(self, num_classes: int = 100, in_channels: int = 3) -> None:
-        super().__init__(num_classes, in_channels, depth=110, widths=_BASE)
+ResNet44 = preset(
+    CifarResNet, "ResNet44", "resnet44: n = 7, widths 16/32/64.", depth=44, widths=_BASE
+)
 
 
-class ResNet8x4(CifarResNet):
-    """resnet8x4: n = 1, 32-channel stem, widths 64/128/256 (1.23 M parameters)."""
+ResNet56 = preset(
+    CifarResNet,
+    "ResNet56",
+    "resnet56: n = 9, widths 16/32/64 (a common teacher, 0.86 M parameters).",
+    depth=56,
+    widths=_BASE,
+)
 
-    def __init__(self, num_classes: int = 100, in_channels: int = 3) -> None:
-        super().__init__(num_classes, in_channels, depth=8, widths=_X4)
+
+ResNet110 = preset(
+    CifarResNet,
+    "ResNet110",
+    "resnet110: n = 18, widths 16/32/64 (a common teacher, 1.74 M parameters).",
+    depth=110,
+    widths=_BASE,
+)
 
 
-class ResNet32x4(CifarResNet):
-    """resnet32x4: n = 5, 32-channel stem, widths 64/128/256 (the usual teacher, 7.43 M)."""
+ResNet8x4 = preset(
+    CifarResNet,
+    "ResNet8x4",
+    "resnet8x4: n = 1, 32-channel stem, widths 64/128/256 (1.23 M parameters).",
+    depth=8,
+    widths=_X4,
+)
 
-    def __init__(self, num_classes: int = 100, in_channels: int = 3) -> None:
-        super().__init__(num_classes, in_channels, depth=32, widths=_X4)
+
+ResNet32x4 = preset(
+    CifarResNet,
+    "ResNet32x4",
+    "resnet32x4: n = 5, 32-channel stem, widths 64/128/256 (the usual teacher, 7.43 M).",
+    depth=32,
+    widths=_X4,
+)
 
 
 __all__ = [

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from kdlab.errors import ConfigError, quote
 from kdlab.models.cifar_resnet import BasicBlock, conv_bn_relu, make_stage, projection
 from kdlab.models.mlp import check_choice, check_size, check_sizes
+from kdlab.models.preset import preset
 from kdlab.models.zoo import init_weights
 
 WIDTHS = (64, 128, 256, 512)
@@ -107,25 +108,31 @@ class ResNetCifarStem(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
-class ResNet18(ResNetCifarStem):
-    """resnet18: basic blocks 2-2-2-2."""
-
-    def __init__(self, num_classes: int = 100, in_channels: int = 3) -> None:
-        super().__init__(num_classes, in_channels, "basic", (2, 2, 2, 2))
-
-
-class ResNet34(ResNetCifarStem):
-    """resnet34: basic blocks 3-4-6-3."""
-
-    def __init__(self, num_classes: int = 100, in_channels: int = 3) -> None:
-        super().__init__(num_classes, in_channels, "basic", (3, 4, 6, 3))
+ResNet18 = preset(
+    ResNetCifarStem,
+    "ResNet18",
+    "resnet18: basic blocks 2-2-2-2.",
+    block="basic",
+    blocks=(2, 2, 2, 2),
+)
 
 
-class ResNet50(ResNetCifarStem):
-    """resnet50: bottleneck blocks 3-4-6-3 (the KD literature's ``ResNet50`` teacher)."""
+ResNet34 = preset(
+    ResNetCifarStem,
+    "ResNet34",
+    "resnet34: basic blocks 3-4-6-3.",
+    block="basic",
+    blocks=(3, 4, 6, 3),
+)
 
-    def __init__(self, num_classes: int = 100, in_channels: int = 3) -> None:
-        super().__init__(num_classes, in_channels, "bottleneck", (3, 4, 6, 3))
+
+ResNet50 = preset(
+    ResNetCifarStem,
+    "ResNet50",
+    "resnet50: bottleneck blocks 3-4-6-3 (the KD literature's ``ResNet50`` teacher).",
+    block="bottleneck",
+    blocks=(3, 4, 6, 3),
+)
 
 
 __all__ = ["BLOCKS", "Bottleneck", "ResNet18", "ResNet34", "ResNet50", "ResNetCifarStem"]

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from kdlab.errors import ConfigError, quote
 from kdlab.models.mlp import check_size, check_sizes
+from kdlab.models.preset import preset
 from kdlab.models.zoo import init_weights
 
 #: Convolutions per stage: "S" is the KD literature's vgg8, A/B/D/E the paper's vgg11/13/16/19.
@@ -93,39 +94,23 @@ class VGG(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
-class VGG8(VGG):
-    """vgg8: one convolution per stage (a common student)."""
-
-    def __init__(self, num_classes: int = 100, in_channels: int = 3) -> None:
-        super().__init__(num_classes, in_channels, LAYERS_PER_STAGE["S"])
+VGG8 = preset(
+    VGG, "VGG8", "vgg8: one convolution per stage (a common student).", layers=LAYERS_PER_STAGE["S"]
+)
 
 
-class VGG11(VGG):
-    """vgg11: configuration A."""
-
-    def __init__(self, num_classes: int = 100, in_channels: int = 3) -> None:
-        super().__init__(num_classes, in_channels, LAYERS_PER_STAGE["A"])
+VGG11 = preset(VGG, "VGG11", "vgg11: configuration A.", layers=LAYERS_PER_STAGE["A"])
 
 
-class VGG13(VGG):
-    """vgg13: configuration B (the usual VGG teacher)."""
-
-    def __init__(self, num_classes: int = 100, in_channels: int = 3) -> None:
-        super().__init__(num_classes, in_channels, LAYERS_PER_STAGE["B"])
+VGG13 = preset(
+    VGG, "VGG13", "vgg13: configuration B (the usual VGG teacher).", layers=LAYERS_PER_STAGE["B"]
+)
 
 
-class VGG16(VGG):
-    """vgg16: configuration D."""
-
-    def __init__(self, num_classes: int = 100, in_channels: int = 3) -> None:
-        super().__init__(num_classes, in_channels, LAYERS_PER_STAGE["D"])
+VGG16 = preset(VGG, "VGG16", "vgg16: configuration D.", layers=LAYERS_PER_STAGE["D"])
 
 
-class VGG19(VGG):
-    """vgg19: configuration E."""
-
-    def __init__(self, num_classes: int = 100, in_channels: int = 3) -> None:
-        super().__init__(num_classes, in_channels, LAYERS_PER_STAGE["E"])
+VGG19 = preset(VGG, "VGG19", "vgg19: configuration E.", layers=LAYERS_PER_STAGE["E"])
 
 
 __all__ = ["LAYERS_PER_STAGE", "VGG", "VGG8", "VGG11", "VGG13", "VGG16", "VGG19"]

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from kdlab.errors import ConfigError, quote
 from kdlab.models.mlp import check_rate, check_size
+from kdlab.models.preset import preset
 from kdlab.models.zoo import init_weights
 
 
@@ -110,32 +111,36 @@ class WideResNet(nn.Module):
         return self.fc(self.pool(self.norm(x)).flatten(1))
 
 
-class WRN16_1(WideResNet):
-    """wrn_16_1: depth 16 (n = 2), width factor 1."""
-
-    def __init__(self, num_classes: int = 100, in_channels: int = 3) -> None:
-        super().__init__(num_classes, in_channels, depth=16, widen_factor=1)
+WRN16_1 = preset(
+    WideResNet, "WRN16_1", "wrn_16_1: depth 16 (n = 2), width factor 1.", depth=16, widen_factor=1
+)
 
 
-class WRN16_2(WideResNet):
-    """wrn_16_2: depth 16 (n = 2), width factor 2 (a student of wrn_40_2, 0.70 M parameters)."""
-
-    def __init__(self, num_classes: int = 100, in_channels: int = 3) -> None:
-        super().__init__(num_classes, in_channels, depth=16, widen_factor=2)
-
-
-class WRN40_1(WideResNet):
-    """wrn_40_1: depth 40 (n = 6), width factor 1 (0.57 M parameters)."""
-
-    def __init__(self, num_classes: int = 100, in_channels: int = 3) -> None:
-        super().__init__(num_classes, in_channels, depth=40, widen_factor=1)
+WRN16_2 = preset(
+    WideResNet,
+    "WRN16_2",
+    "wrn_16_2: depth 16 (n = 2), width factor 2 (a student of wrn_40_2, 0.70 M parameters).",
+    depth=16,
+    widen_factor=2,
+)
 
 
-class WRN40_2(WideResNet):
-    """wrn_40_2: depth 40 (n = 6), width factor 2 (the usual WRN teacher, 2.26 M parameters)."""
+WRN40_1 = preset(
+    WideResNet,
+    "WRN40_1",
+    "wrn_40_1: depth 40 (n = 6), width factor 1 (0.57 M parameters).",
+    depth=40,
+    widen_factor=1,
+)
 
-    def __init__(self, num_classes: int = 100, in_channels: int = 3) -> None:
-        super().__init__(num_classes, in_channels, depth=40, widen_factor=2)
+
+WRN40_2 = preset(
+    WideResNet,
+    "WRN40_2",
+    "wrn_40_2: depth 40 (n = 6), width factor 2 (the usual WRN teacher, 2.26 M parameters).",
+    depth=40,
+    widen_factor=2,
+)
 
 
 __all__ = ["WRN16_1", "WRN16_2", "WRN40_1", "WRN40_2", "PreActBlock", "WideResNet"]
