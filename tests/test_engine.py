@@ -17,9 +17,10 @@ from torch import nn
 from kdlab import checkpoint as ckpt
 from kdlab import engine as engine_module
 from kdlab.data.base import ArrayDataset
-from kdlab.engine import Engine, make_scheduler
+from kdlab.engine import Engine
 from kdlab.errors import NonFiniteLossError
 from kdlab.losses import CrossEntropy, Objective, SoftTarget, Term
+from kdlab.optim import make_scheduler
 from kdlab.schemes.offline import OfflineScheme
 from kdlab.settings import ScheduleSettings, TrainSettings
 from kdlab.types import Batch, ModelOutput

@@ -36,7 +36,7 @@ CONFIG = {
     },
     "student": {
         "model": {"type": "mlp", "hidden": [16]},
-        "train": {"epochs": 60, "batch_size": 16, "threads": 1, "checkpoint_seconds": 0},
+        "train": {"epochs": 40, "batch_size": 32, "threads": 1, "checkpoint_seconds": 0},
     },
 }  # fmt: skip
 CLI = "import sys; from kdlab.cli import app; sys.argv[0] = 'kdlab'; app()"
@@ -180,8 +180,8 @@ def test_four_processes_write_one_store(tmp_path: Path) -> None:
     for proc in procs:
         proc.start()
     for proc in procs:
-        proc.join(120)
-        assert proc.exitcode == 0
+        proc.join(300)  # spawned children import torch: slow on a busy machine
+        assert proc.exitcode == 0, f"writer exited with {proc.exitcode}"
     with RunStore(tmp_path) as store:
         runs = store.list_runs()
         assert len(runs) == 60 and all(r.status == "finished" for r in runs)

@@ -40,6 +40,18 @@ _SAVE_WEIGHTS = (
 # -- writing -----------------------------------------------------------------------------------
 
 
+def on_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor (in dicts, lists, tuples) on the CPU: a checkpoint written on a
+    GPU loads anywhere, and resumes on another device."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(on_cpu(v) for v in obj)
+    return obj
+
+
 def save_atomic(
     obj: Any, path: str | Path, before_replace: Callable[[Path], None] | None = None
 ) -> Path:
@@ -71,7 +83,8 @@ def save_model(
     problem = _state_dict_problem(weights)
     if problem:
         raise KdlabError(f"cannot save the weights to {directory}: the state_dict {problem}")
-    state = {"format": FORMAT, "version": VERSION, "epoch": epoch, "models": {"model": weights}}
+    state = {"format": FORMAT, "version": VERSION, "epoch": epoch,
+             "models": {"model": on_cpu(weights)}}  # fmt: skip
     pt = save_atomic(state, directory / "model.pt")
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in weights.items()}
     metadata = {"format": "kdlab-model", "version": str(VERSION)}

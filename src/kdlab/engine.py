@@ -9,7 +9,6 @@ schemes do), which computes the losses of a batch and hands each to ``update``.
 from __future__ import annotations
 
 import copy
-import math
 import random
 import time
 from collections import defaultdict
@@ -22,12 +21,14 @@ import torch
 from torch import nn
 
 from kdlab import checkpoint as ckpt
-from kdlab.data.base import ArrayDataset, TensorBatcher
+from kdlab.data.base import ArrayDataset, TensorBatcher, on_device
+from kdlab.devices import autocast, check_precision, gradient_scaler, resolve_device
 from kdlab.errors import KdlabError, NonFiniteLossError
 from kdlab.metrics import accuracy, nll
+from kdlab.optim import make_optimizer, make_scheduler
 from kdlab.progress import TrainingProgress
 from kdlab.seeding import seed_everything
-from kdlab.settings import OptimizerSettings, ScheduleSettings, TrainSettings
+from kdlab.settings import TrainSettings
 from kdlab.types import Batch, LossOutput
 
 EpochCallback = Callable[[dict[str, float]], None]
@@ -65,43 +66,6 @@ class Trainable(Protocol):
     def predict(self, data: ArrayDataset) -> torch.Tensor:
         """Logits of ``eval_model`` on a whole split, in eval mode."""
         ...
-
-
-def make_optimizer(params: Iterable[nn.Parameter], cfg: OptimizerSettings) -> torch.optim.Optimizer:
-    params = list(params)
-    if cfg.name == "sgd":
-        return torch.optim.SGD(
-            params,
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.nesterov,
-            weight_decay=cfg.weight_decay,
-        )
-    optim = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
-    return optim(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-
-
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: ScheduleSettings, epochs: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-epoch schedule: linear warm-up over ``warmup_epochs``, then the named decay."""
-    base_lr = optimizer.param_groups[0]["lr"]
-    warm, decay_epochs = cfg.warmup_epochs, max(epochs - cfg.warmup_epochs, 1)
-
-    def factor(epoch: int) -> float:  # epoch = number of scheduler steps taken so far
-        if epoch < warm:
-            return (epoch + 1) / (warm + 1)
-        e = epoch - warm
-        if cfg.name == "cosine":
-            floor = cfg.min_lr / base_lr
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(e / decay_epochs, 1)))
-        if cfg.name == "step":
-            return cfg.gamma ** (e // cfg.step_size)
-        if cfg.name == "multistep":
-            return cfg.gamma ** sum(e >= m for m in cfg.milestones)
-        return 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 class Engine:
@@ -158,7 +122,11 @@ class Engine:
         self, scheme: Trainable, train: ArrayDataset, val: ArrayDataset | None, resume: bool
     ) -> list[dict[str, float]]:
         s = self.settings
-        scheme.prepare(Batch(train.x[:2], train.y[:2], torch.arange(min(2, len(train)))))
+        self.device = resolve_device(s.device)
+        check_precision(self.device, s.precision)
+        train, val = self._place(scheme, train, val)
+        index = torch.arange(min(2, len(train)), device=train.x.device)
+        scheme.prepare(Batch(train.x[:2], train.y[:2], index))
         groups = scheme.optimizer_groups()
         unknown = set(s.optimizers) - set(groups)
         if unknown:
@@ -172,6 +140,12 @@ class Engine:
         }
         self.schedulers = {
             name: make_scheduler(opt, s.schedule, s.epochs) for name, opt in self.optimizers.items()
+        }
+        # One scaler per optimizer: each may skip its own overflowing steps (fp16 only).
+        self.scalers = {
+            name: scaler
+            for name in self.optimizers
+            if (scaler := gradient_scaler(self.device, s.precision)) is not None
         }
         self.history, start, self._best, self._scheme = [], 0, None, scheme
         self._saved_at = time.monotonic()
@@ -200,6 +174,20 @@ class Engine:
         scheme.set_mode(False)
         return self.history
 
+    def _place(
+        self, scheme: Trainable, train: ArrayDataset, val: ArrayDataset | None
+    ) -> tuple[ArrayDataset, ArrayDataset | None]:
+        """Every module and the data on the run's device (once), in its memory format; the
+        evaluated model and frozen ones compiled when asked."""
+        s, device = self.settings, self.device
+        fmt = torch.channels_last if s.channels_last else torch.preserve_format
+        for module in (*scheme.trainable().values(), *scheme.frozen().values()):
+            module.to(device=device, memory_format=fmt)
+        if s.compile:
+            for module in (scheme.eval_model(), *scheme.frozen().values()):
+                module.compile()
+        return on_device(train, device, s.channels_last), on_device(val, device, s.channels_last)
+
     def _train_epoch(
         self, scheme: Trainable, batcher: TensorBatcher, epoch: int, bar: TrainingProgress
     ) -> dict[str, float]:
@@ -219,7 +207,9 @@ class Engine:
         bar.start_epoch(epoch + 1, self.settings.epochs, len(batcher))
         started = time.perf_counter()
         for step, batch in enumerate(batcher.epoch(epoch)):
-            for key, value in scheme.train_step(batch, update).items():
+            with autocast(self.device, self.settings.precision):
+                metrics = scheme.train_step(batch, update)
+            for key, value in metrics.items():
                 sums[key] += value
                 counts[key] += 1
             if step % 10 == 0:
@@ -236,16 +226,23 @@ class Engine:
         total = loss.total
         if not torch.isfinite(total.detach()).all():
             self._non_finite(name, loss, epoch, step, "loss")
-        opt = self.optimizers[name]
+        opt, scaler = self.optimizers[name], self.scalers.get(name)
         opt.zero_grad(set_to_none=True)
-        total.backward()
+        with torch.autocast(self.device.type, enabled=False):  # backward in the forward's dtypes
+            (scaler.scale(total) if scaler else total).backward()
         clip = self.settings.clip_grad_norm
         if clip is not None:
+            if scaler is not None:
+                scaler.unscale_(opt)  # clip the true gradients
             params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
             norm = torch.nn.utils.clip_grad_norm_(params, clip)
-            if not torch.isfinite(norm):
+            if scaler is None and not torch.isfinite(norm):  # the scaler skips such steps
                 self._non_finite(name, loss, epoch, step, "gradient norm")
-        opt.step()
+        if scaler is None:
+            opt.step()
+        else:
+            scaler.step(opt)
+            scaler.update()
 
     def _non_finite(self, name: str, loss: LossOutput, epoch: int, step: int, what: str) -> None:
         terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in loss.terms.items())
@@ -276,8 +273,8 @@ class Engine:
 
     @torch.no_grad()
     def _evaluate(self, scheme: Trainable, val: ArrayDataset) -> dict[str, float]:
-        logits = scheme.predict(val)
-        metrics = {"val_accuracy": accuracy(logits, val.y), "val_nll": nll(logits, val.y)}
+        logits, labels = scheme.predict(val), val.y.cpu()
+        metrics = {"val_accuracy": accuracy(logits, labels), "val_nll": nll(logits, labels)}
         if self.settings.keep_best and (
             self._best is None or metrics["val_accuracy"] > self._best[0]
         ):
@@ -300,7 +297,7 @@ class Engine:
         self._saved_at = time.monotonic()
         self._good_checkpoint = True
         ckpt.save_atomic(
-            {
+            ckpt.on_cpu({
                 "format": ckpt.FORMAT,
                 "version": ckpt.VERSION,
                 "epoch": epoch,
@@ -308,10 +305,11 @@ class Engine:
                 "models": {k: m.state_dict() for k, m in scheme.trainable().items()},
                 "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
                 "schedulers": {k: sc.state_dict() for k, sc in self.schedulers.items()},
+                "scalers": {k: sc.state_dict() for k, sc in self.scalers.items()},
                 "history": self.history,
                 "best": self._best,
                 "rng": _rng_state(),
-            },
+            }),
             self.checkpoint_path,  # type: ignore[arg-type]
             before_replace=self.on_checkpoint,
         )
@@ -330,6 +328,8 @@ class Engine:
             opt.load_state_dict(state["optimizers"][key])
         for key, sched in self.schedulers.items():
             sched.load_state_dict(state["schedulers"][key])
+        for key, scaler in self.scalers.items():
+            scaler.load_state_dict(state.get("scalers", {}).get(key, scaler.state_dict()))
         self.history, self._best = list(state["history"]), state["best"]
         self._good_checkpoint = True
         _set_rng_state(state["rng"])
@@ -346,6 +346,7 @@ def _rng_state() -> dict[str, Any]:
     version, internal, gauss_next = random.getstate()
     return {
         "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "numpy": (str(name), torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss),
                   float(cached)),
         "python": (version, tuple(internal), gauss_next),
@@ -372,3 +373,6 @@ def _set_rng_state(state: Any) -> None:
     np.random.set_state((name, key.numpy().astype(np.uint32), pos, has_gauss, cached))
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)  # resumed on the same GPUs: dropout continues exactly

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from kdlab.devices import module_device
 from kdlab.taps import capture
 from kdlab.types import ModelOutput, as_output
 
@@ -44,12 +45,13 @@ def eval_forward(
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, inputs: Tensor, batch_size: int = 1024) -> Tensor:
-    """Logits of ``model`` on ``inputs`` in eval mode, batched; restores the previous mode."""
-    was_training = model.training
+    """Logits of ``model`` on ``inputs`` in eval mode, batched on the model's device, returned
+    on the CPU as float32; restores the previous mode."""
+    was_training, device = model.training, module_device(model)
     model.eval()
     try:
         chunks = [
-            as_output(model(inputs[i : i + batch_size])).logits.float()
+            as_output(model(inputs[i : i + batch_size].to(device))).logits.float().cpu()
             for i in range(0, len(inputs), batch_size)
         ]
     finally:

@@ -28,6 +28,7 @@ from torch import nn
 
 from kdlab import checkpoint as ckpt
 from kdlab.data import ArrayDataset, DataSplits
+from kdlab.devices import module_device
 from kdlab.engine import Engine, EpochCallback, Trainable
 from kdlab.errors import ConfigError, StoreError
 from kdlab.health import check_history
@@ -199,7 +200,7 @@ def check_num_classes(model: nn.Module, data: DataSplits, role: str) -> None:
     model.eval()
     try:
         with torch.no_grad():
-            out = model(sample)
+            out = model(sample.to(module_device(model)))
     except Exception as err:
         raise ConfigError(
             f"the {role} cannot process inputs of shape {tuple(sample.shape[1:])} from "

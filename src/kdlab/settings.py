@@ -15,9 +15,11 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
+from kdlab.devices import DEVICE_PATTERN
 from kdlab.errors import ConfigError, did_you_mean, quote, shorten
 
 #: Longest single problem an error message reports, and most problems it lists.
@@ -95,6 +97,21 @@ class TrainSettings(Strict):
     #: Reuse a frozen teacher's logits per training example after their first computation
     #: (kdlab.schemes.cache): exact here, where inputs are not augmented, and much faster.
     cache_teacher: bool = True
+    #: Where to train: auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps.
+    device: str = "auto"
+    #: fp32, or mixed precision: bf16 (CUDA and CPU) or fp16 (CUDA, with a gradient scaler).
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    #: Models and batches in channels-last memory format (faster convolutions on recent GPUs).
+    channels_last: bool = False
+    #: ``torch.compile`` every model of the run (nn.Module.compile) before training.
+    compile: bool = False
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, name: str) -> str:
+        if not DEVICE_PATTERN.match(name):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {quote(name)}")
+        return name
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainSettings:

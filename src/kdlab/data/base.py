@@ -103,12 +103,26 @@ class TensorBatcher:
             order = torch.randperm(n, generator=gen)
         else:
             order = torch.arange(n)
+        order = order.to(self.data.x.device)  # the data may live on a GPU: index it there
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             yield Batch(self.data.x[idx], self.data.y[idx], idx)
 
     def __iter__(self) -> Iterator[Batch]:
         return self.epoch(0)
+
+
+def on_device(
+    data: ArrayDataset | None, device: torch.device, channels_last: bool = False
+) -> ArrayDataset | None:
+    """``data`` moved to ``device`` once (the same object when it is there already); images in
+    channels-last memory format when asked."""
+    if data is None:
+        return None
+    x, y = data.x.to(device), data.y.to(device)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return data if x is data.x and y is data.y else ArrayDataset(x, y)
 
 
 def split_indices(

@@ -37,7 +37,7 @@ class TeacherCache:
         if self.logits is None or self.filled is None:
             fresh = self._teacher(batch.inputs)
             self.logits = fresh.new_zeros(size, fresh.shape[1])
-            self.filled = torch.zeros(size, dtype=torch.bool)
+            self.filled = torch.zeros(size, dtype=torch.bool, device=index.device)
             self.logits[index], self.filled[index] = fresh, True
             return fresh
         if size > len(self.filled):
@@ -45,7 +45,8 @@ class TeacherCache:
             self.logits = torch.cat(
                 [self.logits, self.logits.new_zeros(extra, self.logits.shape[1])]
             )
-            self.filled = torch.cat([self.filled, torch.zeros(extra, dtype=torch.bool)])
+            more = torch.zeros(extra, dtype=torch.bool, device=index.device)
+            self.filled = torch.cat([self.filled, more])
         missing = ~self.filled[index]
         if missing.any():
             self.logits[index[missing]] = self._teacher(batch.inputs[missing])

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from kdlab.data import ArrayDataset
+from kdlab.devices import module_device
 from kdlab.divergences import at_least_float32
 from kdlab.engine import Engine
 from kdlab.errors import ConfigError
@@ -26,12 +27,13 @@ from kdlab.types import Batch, LossOutput
 
 def check_discriminator(discriminator: nn.Module, teacher: nn.Module, sample: Batch) -> None:
     """Raise ConfigError unless D maps the teacher's logits on ``sample`` to one score each."""
-    logits = predict_logits(teacher, sample.inputs)
+    device = module_device(discriminator)
+    logits = predict_logits(teacher, sample.inputs).to(device)
     was_training = discriminator.training
     discriminator.eval()
     try:
         with torch.no_grad():
-            scores = discriminator(logits, sample.targets)
+            scores = discriminator(logits, sample.targets.to(device))
     except (ValueError, RuntimeError) as err:
         raise ConfigError(f"the discriminator cannot read the teacher's logits: {err}") from err
     finally:
@@ -95,11 +97,13 @@ def holdout_accuracy(
     discriminator: nn.Module, teacher: nn.Module, generator: nn.Module, data: ArrayDataset
 ) -> float:
     """D's accuracy on teacher (real) vs generator (fake) logits of ``data``, in eval mode."""
-    real, fake = predict_logits(teacher, data.x), predict_logits(generator, data.x)
+    device = module_device(discriminator)
+    real, fake = (predict_logits(m, data.x).to(device) for m in (teacher, generator))
+    labels = data.y.to(device)
     was_training = discriminator.training
     discriminator.eval()
     try:
-        return discriminator_accuracy(discriminator(real, data.y), discriminator(fake, data.y))
+        return discriminator_accuracy(discriminator(real, labels), discriminator(fake, labels))
     finally:
         discriminator.train(was_training)
 
