@@ -125,3 +125,33 @@ def test_gpu_training_in_each_precision(digits, precision: str, tmp_path) -> Non
     cpu_copy = MLP(64, [16], 10)
     cpu_copy.load_state_dict(ckpt.load_state_dict(record.artefacts["model"]))  # saved on GPU
     torch.testing.assert_close(cpu_copy(digits.test.x), run.model(digits.test.x.cuda()).cpu())
+
+
+def test_cli_device_and_precision_override_every_section(tmp_path) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from kdlab import cli
+    from kdlab.store import RunStore
+
+    tiny = {"epochs": 1, "batch_size": 64, "threads": 1}
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "dev", "data": {"source": "digits", "test_size": 100},
+        "teacher": {"model": {"type": "mlp", "hidden": [16]}, "train": tiny},
+        "student": {"model": {"type": "mlp", "hidden": [8]}, "train": tiny},
+    }))  # fmt: skip
+    store = tmp_path / "store"
+    run = CliRunner().invoke(cli.app, ["run", str(path), "--store", str(store), "--no-progress",
+                                       "--device", "cpu", "--precision", "bf16"])  # fmt: skip
+    assert run.exit_code == 0, run.output
+    with RunStore(store) as runs:
+        recorded = [r.config["settings"] for r in runs.list_runs()]
+    assert len(recorded) == 3
+    assert all((s["device"], s["precision"]) == ("cpu", "bf16") for s in recorded)
+    if not torch.cuda.is_available():  # refused before anything trains
+        bad = CliRunner().invoke(cli.app, ["run", str(path), "--store", str(tmp_path / "other"),
+                                           "--device", "cuda"])  # fmt: skip
+        assert bad.exit_code == 2 and "not available on this machine" in bad.output
+        with RunStore(tmp_path / "other") as runs:
+            assert runs.list_runs() == []

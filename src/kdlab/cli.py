@@ -162,23 +162,23 @@ def run(
             "in the store; run only the others.",
         ),
     ] = False,
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps, for every model.")
+    ] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="fp32, bf16 or fp16 (CUDA), for every model.")
+    ] = None,
 ) -> None:
     """Run an experiment: per seed, teacher, student alone and distilled student."""
-    from kdlab.config import load_config, parse_config
+    from kdlab.config import load_config
     from kdlab.experiment import run_experiment
     from kdlab.report import RunRow, gain, rich_table, summarize
 
-    cfg = load_config(config)
-    if seeds or data_root:
-        data = cfg.model_dump(mode="json")
-        if seeds:
-            data["seeds"] = _seeds(seeds)
-        if data_root:
-            data["data"]["root"] = str(data_root)
-        cfg = parse_config(data, str(config))
+    options = {"--seeds": seeds, "--data-root": data_root, "--device": device,
+               "--precision": precision}  # fmt: skip
+    cfg = _with_overrides(load_config(config), config, options)
     again = ["kdlab run", str(config), *(["--store", str(store)] if store else []),
-             *(["--seeds", seeds] if seeds else []),
-             *(["--data-root", str(data_root)] if data_root else []), "--resume"]  # fmt: skip
+             *(f"{k} {v}" for k, v in options.items() if v), "--resume"]  # fmt: skip
     with _store(store) as run_store, interruptible(" ".join(again)):
         result = run_experiment(cfg, run_store, progress=progress, resume=resume)
         if result.reused_seeds:
@@ -193,6 +193,27 @@ def run(
                 f"KD gain in test accuracy: {100 * g.mean:+.2f} points, paired over {g.n} seeds"
             )
         console.print(f"Runs recorded in {run_store.root}.")
+
+
+def _with_overrides(cfg: Any, source: Path, options: dict[str, Any]) -> Any:
+    """``cfg`` with the command line's overrides: seeds, data root, and the device and
+    precision of every training section (teacher, student, distillation)."""
+    from kdlab.config import parse_config
+
+    if not any(options.values()):
+        return cfg
+    data = cfg.model_dump(mode="json")
+    if options["--seeds"]:
+        data["seeds"] = _seeds(options["--seeds"])
+    if options["--data-root"]:
+        data["data"]["root"] = str(options["--data-root"])
+    sections = [data["student"]["train"], (data["teacher"] or {}).get("train"),
+                data["distill"]["train"]]  # fmt: skip
+    for key in ("device", "precision"):
+        if options[f"--{key}"]:
+            for section in filter(None, sections):
+                section[key] = options[f"--{key}"]
+    return parse_config(data, str(source))
 
 
 @command

@@ -24,6 +24,7 @@ from torch import nn
 from kdlab import checkpoint as ckpt
 from kdlab.config import ExperimentConfig
 from kdlab.data import DataSplits, load_dataset
+from kdlab.devices import check_precision, resolve_device
 from kdlab.errors import ConfigError, KdlabError, quote, shorten
 from kdlab.freeze import train_only
 from kdlab.losses import Objective, build_objective, check_batch_sizes
@@ -41,6 +42,7 @@ def preflight(cfg: ExperimentConfig, teacher: nn.Module | None = None) -> None:
     """Raise a ConfigError (or DataError) naming the field at fault, or return: ``cfg`` fits its
     data. ``teacher`` replaces the config's teacher, as ``run_experiment(teachers=...)`` does.
     """
+    _check_devices(cfg)
     seed = cfg.seeds[0]
     data = _load_data(cfg, seed)
     if teacher is not None:
@@ -55,6 +57,20 @@ def preflight(cfg: ExperimentConfig, teacher: nn.Module | None = None) -> None:
             "training examples after the validation split"
         )
     _check_losses(cfg, data, student, teacher)
+
+
+def _check_devices(cfg: ExperimentConfig) -> None:
+    """Every training section's device exists here and can run its precision."""
+    sections = {"student.train": cfg.student.train, "distill.train": cfg.distill.train}
+    if cfg.teacher is not None:
+        sections["teacher.train"] = cfg.teacher.train
+    for where, settings in sections.items():
+        if settings is None:
+            continue
+        try:
+            check_precision(resolve_device(settings.device), settings.precision)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
 
 
 def _load_data(cfg: ExperimentConfig, seed: int) -> DataSplits:
