@@ -31,7 +31,8 @@ def collect(only: list[str]) -> dict[str, list]:
     with tempfile.TemporaryDirectory() as tmp, RunStore(Path(tmp) / "store") as store:
         if not only or "quickstart" in only:
             _, full, few = run_quickstart(store, None, False)
-            result["quickstart"] = [(r.role, r.seed, r.metrics) for x in (full, few) for r in x.runs]
+            runs = [run for experiment in (full, few) for run in experiment.runs]
+            result["quickstart"] = [(r.role, r.seed, r.metrics) for r in runs]
         for path in sorted((ROOT / "examples").glob("*.yaml")):
             if path.stem.startswith("fashion") or (only and path.stem not in only):
                 continue
