@@ -155,3 +155,30 @@ def test_cli_device_and_precision_override_every_section(tmp_path) -> None:
         assert bad.exit_code == 2 and "not available on this machine" in bad.output
         with RunStore(tmp_path / "other") as runs:
             assert runs.list_runs() == []
+
+
+class NaNFromStep(CrossEntropy):
+    """Cross-entropy that turns NaN from the ``bad``-th call on (a run that diverges)."""
+
+    kind = "nan_from_step_test"
+
+    def __init__(self, bad: int) -> None:
+        super().__init__()
+        self.bad, self.calls = bad, 0
+
+    def forward(self, student, teacher, batch):
+        self.calls += 1
+        value = super().forward(student, teacher, batch)
+        return value * float("nan") if self.calls >= self.bad else value
+
+
+@pytest.mark.parametrize("every", [1, 5])
+def test_the_guard_names_the_first_bad_step_when_it_checks_in_windows(digits, every: int) -> None:
+    """Checking every 5 steps (as on a GPU) finds the NaN of step 3 at step 5, but reports step
+    3 and its terms, and the run stops (the last good checkpoint would be restored)."""
+    with pytest.raises(kdlab.NonFiniteLossError) as info:
+        kdlab.train(MLP(64, [8], 10), digits, loss=[NaNFromStep(bad=3)], progress=False,
+                    settings=settings(epochs=1, finite_check_every=every))  # fmt: skip
+    message = str(info.value)
+    assert "non-finite loss at epoch 1, step 3 while training" in message
+    assert "nan_from_step_test=nan" in message

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 from typer.testing import CliRunner
 
+import kdlab.preflight  # noqa: F401  (imported here, not inside a timed example)
 from kdlab import cli
 from kdlab.config import ExperimentConfig, load_config, parse_config
 from kdlab.errors import KdlabError

@@ -23,7 +23,8 @@ from torch import nn
 from kdlab import checkpoint as ckpt
 from kdlab.data.base import ArrayDataset, TensorBatcher, on_device
 from kdlab.devices import autocast, check_precision, gradient_scaler, resolve_device
-from kdlab.errors import KdlabError, NonFiniteLossError
+from kdlab.errors import KdlabError
+from kdlab.guard import NonFiniteGuard
 from kdlab.metrics import accuracy, nll
 from kdlab.optim import make_optimizer, make_scheduler
 from kdlab.progress import TrainingProgress
@@ -141,6 +142,10 @@ class Engine:
         self.schedulers = {
             name: make_scheduler(opt, s.schedule, s.epochs) for name, opt in self.optimizers.items()
         }
+        every = s.finite_check_every or (1 if self.device.type == "cpu" else 25)
+        self.guard = NonFiniteGuard(
+            every, self.description, len(self.optimizers) > 1, self._restore_good
+        )
         # One scaler per optimizer: each may skip its own overflowing steps (fp16 only).
         self.scalers = {
             name: scaler
@@ -191,7 +196,7 @@ class Engine:
     def _train_epoch(
         self, scheme: Trainable, batcher: TensorBatcher, epoch: int, bar: TrainingProgress
     ) -> dict[str, float]:
-        sums: dict[str, float] = defaultdict(float)
+        sums: dict[str, Any] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
         multi = len(self.optimizers) > 1
         step = 0
@@ -200,8 +205,15 @@ class Engine:
             self._update(name, loss, epoch, step)
             prefix = f"{name}." if multi else ""
             for key, value in (("loss", loss.total), *loss.terms.items()):
-                sums[prefix + key] += float(value.detach())
-                counts[prefix + key] += 1
+                add(prefix + key, value.detach())
+
+        def add(key: str, value: float | torch.Tensor) -> None:
+            # Sums stay on the device (in float64, as Python floats would be): they are read
+            # once per progress update and at the end of the epoch, not at every step.
+            if isinstance(value, torch.Tensor):
+                value = value.double()
+            sums[key] = sums[key] + value
+            counts[key] += 1
 
         scheme.set_mode(True)
         bar.start_epoch(epoch + 1, self.settings.epochs, len(batcher))
@@ -210,22 +222,22 @@ class Engine:
             with autocast(self.device, self.settings.precision):
                 metrics = scheme.train_step(batch, update)
             for key, value in metrics.items():
-                sums[key] += value
-                counts[key] += 1
+                add(key, value)
+            self.guard.end_step(step)
             if step % 10 == 0:
-                bar.advance({k: sums[k] / counts[k] for k in list(sums)[:3]})
+                bar.advance({k: float(sums[k]) / counts[k] for k in list(sums)[:3]})
             else:
                 bar.advance()
+        self.guard.flush()
         row: dict[str, float] = {"epoch": epoch + 1}
-        row.update({k: sums[k] / counts[k] for k in sums})
+        row.update({k: float(sums[k]) / counts[k] for k in sums})
         row["lr"] = next(iter(self.optimizers.values())).param_groups[0]["lr"]
         row["seconds"] = time.perf_counter() - started
         return row
 
     def _update(self, name: str, loss: LossOutput, epoch: int, step: int) -> None:
         total = loss.total
-        if not torch.isfinite(total.detach()).all():
-            self._non_finite(name, loss, epoch, step, "loss")
+        self.guard.watch(name, "loss", total, loss, (epoch, step))
         opt, scaler = self.optimizers[name], self.scalers.get(name)
         opt.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, enabled=False):  # backward in the forward's dtypes
@@ -236,39 +248,31 @@ class Engine:
                 scaler.unscale_(opt)  # clip the true gradients
             params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
             norm = torch.nn.utils.clip_grad_norm_(params, clip)
-            if scaler is None and not torch.isfinite(norm):  # the scaler skips such steps
-                self._non_finite(name, loss, epoch, step, "gradient norm")
+            if scaler is None:  # with a scaler, overflowing steps are skipped, not errors
+                self.guard.watch(name, "gradient norm", norm, loss, (epoch, step))
         if scaler is None:
             opt.step()
         else:
             scaler.step(opt)
             scaler.update()
 
-    def _non_finite(self, name: str, loss: LossOutput, epoch: int, step: int, what: str) -> None:
-        terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in loss.terms.items())
+    def _restore_good(self) -> str:
+        """Restore the last good checkpoint in memory (if this run wrote one); say what is kept."""
         if self.checkpoint_path is None:
-            kept = (
+            return (
                 "no checkpoint was configured, so the in-memory weights are the last updated ones"
             )
-        else:
-            kept = (
+        if not self._good_checkpoint:  # written or resumed by this run, never a stale file
+            return (
                 f"no checkpoint had been written to {self.checkpoint_path} yet, so the "
                 "in-memory weights are the last updated ones"
             )
-        if self._good_checkpoint:  # written or resumed by this run, never a stale file
-            good = ckpt.load_checkpoint(self.checkpoint_path)
-            for key, module in self._scheme.trainable().items():
-                module.load_state_dict(good["models"][key])
-            kept = (
-                f"the last good checkpoint (epoch {good['epoch']}) is kept at "
-                f"{self.checkpoint_path} and was restored in memory"
-            )
-        optimizer = f"optimizer {name!r}; " if len(self.optimizers) > 1 else ""
-        raise NonFiniteLossError(
-            f"non-finite {what} at epoch {epoch + 1}, step {step + 1} while training "
-            f"{self.description!r} ({optimizer}terms: {terms or 'none'}). Training stopped; "
-            f"{kept}. Try a lower learning rate, gradient clipping (clip_grad_norm), or check the "
-            "inputs for NaN/inf."
+        good = ckpt.load_checkpoint(self.checkpoint_path)
+        for key, module in self._scheme.trainable().items():
+            module.load_state_dict(good["models"][key])
+        return (
+            f"the last good checkpoint (epoch {good['epoch']}) is kept at "
+            f"{self.checkpoint_path} and was restored in memory"
         )
 
     @torch.no_grad()

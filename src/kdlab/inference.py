@@ -59,9 +59,10 @@ def predict_logits(model: nn.Module, inputs: Tensor, batch_size: int = 1024) -> 
     return torch.cat(chunks)
 
 
-def batch_accuracy(logits: Tensor, targets: Tensor) -> float:
-    """Top-1 accuracy of one batch, as a float for the epoch's running means."""
-    return (logits.detach().argmax(-1) == targets).float().mean().item()
+def batch_accuracy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Top-1 accuracy of one batch, as a 0-d tensor on the batch's device: the engine sums it
+    there and reads it once per progress update, not at every step."""
+    return (logits.detach().argmax(-1) == targets).float().mean()
 
 
 __all__ = ["batch_accuracy", "eval_forward", "forward_with_taps", "predict_logits"]

@@ -105,6 +105,9 @@ class TrainSettings(Strict):
     channels_last: bool = False
     #: ``torch.compile`` every model of the run (nn.Module.compile) before training.
     compile: bool = False
+    #: Check losses for NaN/inf every this many steps (kdlab.guard). Unset: every step on a CPU
+    #: (free there), every 25 on a GPU, where each check waits for the device.
+    finite_check_every: PositiveInt | None = None
 
     @field_validator("device")
     @classmethod
