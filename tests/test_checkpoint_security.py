@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from kdlab import checkpoint as ckpt
-from kdlab import engine as engine_module
+from kdlab import seeding
 from kdlab.config import parse_config
 from kdlab.data.base import ArrayDataset
 from kdlab.engine import Engine
@@ -282,12 +282,12 @@ def test_rng_state_round_trip_restores_every_generator() -> None:
     random.seed(2)
     torch.manual_seed(3)
     np.random.randn()  # a cached gaussian in numpy's state
-    saved = engine_module._rng_state()
+    saved = seeding.rng_state()
     expected = (np.random.rand(3), random.random(), torch.rand(3))
     np.random.seed(9)
     random.seed(9)
     torch.manual_seed(9)
-    engine_module._set_rng_state(saved)
+    seeding.set_rng_state(saved)
     assert np.array_equal(np.random.rand(3), expected[0])
     assert random.random() == expected[1]
     assert torch.equal(torch.rand(3), expected[2])
@@ -310,7 +310,7 @@ def test_old_checkpoint_with_numpy_state_says_start_again(tmp_path: Path) -> Non
         assert "written by an older kdlab" in msg and "cannot be resumed safely" in msg
         assert "Start the run again" in msg and str(path) in msg
     with pytest.raises(KdlabError, match=r"older kdlab .*start the run again"):
-        engine_module._set_rng_state(old_rng)
+        seeding.set_rng_state(old_rng)
 
 
 # -- damaged checkpoints -----------------------------------------------------------------------

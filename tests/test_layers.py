@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, dict[str, list[str]]]] = [
     ("foundation", {"foundation": [
         "kdlab.errors", "kdlab.types", "kdlab.settings", "kdlab.seeding", "kdlab.taps",
         "kdlab.freeze", "kdlab.checkpoint", "kdlab.progress", "kdlab.divergences",
-        "kdlab.metrics", "kdlab.inference", "kdlab.devices",
+        "kdlab.metrics", "kdlab.inference", "kdlab.devices", "kdlab.distributed",
     ]}),
     ("building blocks", {"losses": ["kdlab.losses.*"], "models": ["kdlab.models.*"],
                          "data": ["kdlab.data.*"]}),

@@ -1,8 +1,8 @@
 """kdlab: knowledge distillation for PyTorch.
 
-    import kdlab
-    teacher = kdlab.train(teacher_model, data, epochs=40).model
-    result = kdlab.distill(teacher, student_model, data)
+import kdlab
+teacher = kdlab.train(teacher_model, data, epochs=40).model
+result = kdlab.distill(teacher, student_model, data)
 """
 
 from kdlab.api import RunResult, distill, evaluate, fit_model, train

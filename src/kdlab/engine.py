@@ -9,26 +9,25 @@ schemes do), which computes the losses of a batch and hands each to ``update``.
 from __future__ import annotations
 
 import copy
-import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from torch import nn
 
 from kdlab import checkpoint as ckpt
+from kdlab import distributed
 from kdlab.data.base import ArrayDataset, TensorBatcher, on_device
 from kdlab.devices import autocast, check_precision, gradient_scaler, resolve_device
-from kdlab.errors import KdlabError
 from kdlab.guard import NonFiniteGuard
+from kdlab.losses import Objective
 from kdlab.metrics import accuracy, nll
 from kdlab.optim import make_optimizer, make_scheduler
 from kdlab.progress import TrainingProgress
-from kdlab.seeding import seed_everything
+from kdlab.seeding import rng_state, seed_everything, set_rng_state
 from kdlab.settings import TrainSettings
 from kdlab.types import Batch, LossOutput
 
@@ -54,6 +53,11 @@ class Trainable(Protocol):
 
     def set_mode(self, training: bool) -> None:
         """Train or eval mode for every module (frozen ones always eval)."""
+        ...
+
+    def replicate(self, wrap: Callable[[nn.Module], nn.Module] | None) -> None:
+        """Under DDP: run the forward passes of the trained modules through ``wrap(module)``
+        (None: through the modules themselves again)."""
         ...
 
     def train_step(self, batch: Batch, update: Update) -> dict[str, float]:
@@ -123,11 +127,26 @@ class Engine:
         self, scheme: Trainable, train: ArrayDataset, val: ArrayDataset | None, resume: bool
     ) -> list[dict[str, float]]:
         s = self.settings
-        self.device = resolve_device(s.device)
+        self.world = distributed.world()
+        distributed.check_batch_size(s.batch_size, self.world)
+        if self.world.distributed:
+            distributed.ensure_process_group()
+        self.device = distributed.local_device(resolve_device(s.device), self.world)
         check_precision(self.device, s.precision)
         train, val = self._place(scheme, train, val)
         index = torch.arange(min(2, len(train)), device=train.x.device)
         scheme.prepare(Batch(train.x[:2], train.y[:2], index))
+        if self.world.distributed:
+            try:
+                return self._loop(scheme, train, val, resume)
+            finally:
+                scheme.replicate(None)
+        return self._loop(scheme, train, val, resume)
+
+    def _loop(
+        self, scheme: Trainable, train: ArrayDataset, val: ArrayDataset | None, resume: bool
+    ) -> list[dict[str, float]]:
+        s = self.settings
         groups = scheme.optimizer_groups()
         unknown = set(s.optimizers) - set(groups)
         if unknown:
@@ -157,8 +176,10 @@ class Engine:
         self._good_checkpoint = False
         if resume and self.checkpoint_path and self.checkpoint_path.exists():
             start = self._restore(scheme, ckpt.load_checkpoint(self.checkpoint_path))
-        batcher = TensorBatcher(train, s.batch_size, shuffle=True, seed=self.seed)
-        with TrainingProgress(self.description, self.progress) as bar:
+        if self.world.distributed:  # after the restore: DDP starts every rank from rank 0's state
+            scheme.replicate(self._replicate)
+        batcher = TensorBatcher(train, s.batch_size, seed=self.seed, world=self.world)
+        with TrainingProgress(self.description, self.progress and self.world.main) as bar:
             for epoch in range(start, s.epochs):
                 row = self._train_epoch(scheme, batcher, epoch, bar)
                 if (
@@ -230,7 +251,7 @@ class Engine:
                 bar.advance()
         self.guard.flush()
         row: dict[str, float] = {"epoch": epoch + 1}
-        row.update({k: float(sums[k]) / counts[k] for k in sums})
+        row.update(distributed.mean_across({k: float(sums[k]) / counts[k] for k in sums}))
         row["lr"] = next(iter(self.optimizers.values())).param_groups[0]["lr"]
         row["seconds"] = time.perf_counter() - started
         return row
@@ -275,10 +296,20 @@ class Engine:
             f"{self.checkpoint_path} and was restored in memory"
         )
 
+    def _replicate(self, module: nn.Module) -> nn.Module:
+        # A loss may hold adapters that a step leaves unused (a term of weight 0): DDP must look.
+        unused = self.settings.find_unused_parameters or isinstance(module, Objective)
+        return distributed.replicate(module, unused)
+
     @torch.no_grad()
     def _evaluate(self, scheme: Trainable, val: ArrayDataset) -> dict[str, float]:
+        if self.world.distributed:  # each rank scores its slice; the sums are added up
+            val = val.subset(torch.arange(self.world.rank, len(val), self.world.size))
         logits, labels = scheme.predict(val), val.y.cpu()
-        metrics = {"val_accuracy": accuracy(logits, labels), "val_nll": nll(logits, labels)}
+        n = len(labels)
+        local = [accuracy(logits, labels) * n, nll(logits, labels) * n] if n else [0.0, 0.0]
+        sums = distributed.sum_across(torch.tensor([*local, n], dtype=torch.float64))
+        metrics = {"val_accuracy": float(sums[0] / sums[2]), "val_nll": float(sums[1] / sums[2])}
         if self.settings.keep_best and (
             self._best is None or metrics["val_accuracy"] > self._best[0]
         ):
@@ -295,25 +326,32 @@ class Engine:
         if epoch == s.epochs:
             return True
         recent = time.monotonic() - self._saved_at < s.checkpoint_seconds
-        return epoch % s.checkpoint_every == 0 and not recent
+        # Rank 0's clock decides for every rank: the store hears of each checkpoint from all.
+        return bool(distributed.broadcast(epoch % s.checkpoint_every == 0 and not recent))
 
     def _save(self, scheme: Trainable, epoch: int) -> None:
         self._saved_at = time.monotonic()
         self._good_checkpoint = True
+        if not self.world.main:  # only rank 0 writes; the others take part in its store record
+            if self.on_checkpoint is not None:
+                self.on_checkpoint(self.checkpoint_path)  # type: ignore[arg-type]
+            return
         ckpt.save_atomic(
-            ckpt.on_cpu({
-                "format": ckpt.FORMAT,
-                "version": ckpt.VERSION,
-                "epoch": epoch,
-                "seed": self.seed,
-                "models": {k: m.state_dict() for k, m in scheme.trainable().items()},
-                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-                "schedulers": {k: sc.state_dict() for k, sc in self.schedulers.items()},
-                "scalers": {k: sc.state_dict() for k, sc in self.scalers.items()},
-                "history": self.history,
-                "best": self._best,
-                "rng": _rng_state(),
-            }),
+            ckpt.on_cpu(
+                {
+                    "format": ckpt.FORMAT,
+                    "version": ckpt.VERSION,
+                    "epoch": epoch,
+                    "seed": self.seed,
+                    "models": {k: m.state_dict() for k, m in scheme.trainable().items()},
+                    "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                    "schedulers": {k: sc.state_dict() for k, sc in self.schedulers.items()},
+                    "scalers": {k: sc.state_dict() for k, sc in self.scalers.items()},
+                    "history": self.history,
+                    "best": self._best,
+                    "rng": rng_state(),
+                }
+            ),
             self.checkpoint_path,  # type: ignore[arg-type]
             before_replace=self.on_checkpoint,
         )
@@ -336,47 +374,5 @@ class Engine:
             scaler.load_state_dict(state.get("scalers", {}).get(key, scaler.state_dict()))
         self.history, self._best = list(state["history"]), state["best"]
         self._good_checkpoint = True
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         return int(state["epoch"])
-
-
-def _rng_state() -> dict[str, Any]:
-    """Every random-number state, in types ``torch.load(weights_only=True)`` reads back.
-
-    numpy's state ``(name, uint32 key array, pos, has_gauss, cached_gaussian)`` is stored with
-    the key as an int64 tensor and the rest as plain Python values: no numpy object is pickled.
-    """
-    name, key, pos, has_gauss, cached = np.random.get_state(legacy=True)
-    version, internal, gauss_next = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": (str(name), torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss),
-                  float(cached)),
-        "python": (version, tuple(internal), gauss_next),
-    }  # fmt: skip
-
-
-def _set_rng_state(state: Any) -> None:
-    """Restore what :func:`_rng_state` saved; an older kdlab's format raises ``KdlabError``."""
-    saved = state.get("numpy") if isinstance(state, dict) else None
-    if not (
-        isinstance(saved, (tuple, list))
-        and len(saved) == 5
-        and isinstance(saved[1], torch.Tensor)
-        and isinstance(state.get("torch"), torch.Tensor)
-        and isinstance(state.get("python"), (tuple, list))
-    ):
-        raise KdlabError(
-            "the checkpoint's random-number state is not in this kdlab's format: it was written "
-            "by an older kdlab and cannot be resumed safely; start the run again (delete the "
-            "checkpoint)"
-        )
-    name, key, pos, has_gauss, cached = saved
-    torch.set_rng_state(state["torch"])
-    np.random.set_state((name, key.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    cuda = state.get("cuda") or []
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)  # resumed on the same GPUs: dropout continues exactly

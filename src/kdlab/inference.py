@@ -18,13 +18,19 @@ from kdlab.types import ModelOutput, as_output
 
 
 def forward_with_taps(
-    model: nn.Module, inputs: Tensor, taps: Sequence[str] = (), role: str = "model"
+    model: nn.Module,
+    inputs: Tensor,
+    taps: Sequence[str] = (),
+    role: str = "model",
+    runner: nn.Module | None = None,
 ) -> ModelOutput:
-    """Run ``model`` and capture the outputs of the modules at ``taps`` (by path)."""
+    """Run ``model`` and capture the outputs of the modules at ``taps`` (by path); ``runner``
+    (e.g. the model's DistributedDataParallel wrapper) makes the call instead of the model."""
+    call = runner if runner is not None else model
     if not taps:
-        return as_output(model(inputs))
+        return as_output(call(inputs))
     with capture(model, taps, role) as features:
-        out = as_output(model(inputs))
+        out = as_output(call(inputs))
     out.features.update(features)
     return out
 

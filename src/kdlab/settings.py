@@ -108,6 +108,9 @@ class TrainSettings(Strict):
     #: Check losses for NaN/inf every this many steps (kdlab.guard). Unset: every step on a CPU
     #: (free there), every 25 on a GPU, where each check waits for the device.
     finite_check_every: PositiveInt | None = None
+    #: Under DDP (torchrun): let DistributedDataParallel look for parameters that a step leaves
+    #: without gradient (a model with unused branches); slower, so off unless a model needs it.
+    find_unused_parameters: bool = False
 
     @field_validator("device")
     @classmethod

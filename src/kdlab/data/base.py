@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kdlab.distributed import World, shard
 from kdlab.types import Batch
 
 
@@ -70,7 +71,9 @@ class TensorBatcher:
     """Iterates over an ``ArrayDataset`` in mini-batches by indexing with a permutation.
 
     The order of epoch ``e`` depends only on ``(seed, e)``, so a resumed run sees the same batches
-    as an uninterrupted one.
+    as an uninterrupted one. With a ``world`` of several processes, ``batch_size`` is the global
+    batch and each rank gets its equal, disjoint slice of every batch
+    (:func:`kdlab.distributed.shard`).
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class TensorBatcher:
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = False,
+        world: World | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
@@ -91,10 +95,14 @@ class TensorBatcher:
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last = drop_last
+        self.world = world or World(0, 1, 0)
 
     def __len__(self) -> int:
         n, b = len(self.data), self.batch_size
-        return n // b if self.drop_last and n >= b else -(-n // b)
+        if self.drop_last and n >= b:
+            return n // b
+        # A last, short batch that cannot give every rank an example is left out.
+        return n // b + (n % b >= self.world.size)
 
     def epoch(self, epoch: int = 0) -> Iterator[Batch]:
         n = len(self.data)
@@ -105,7 +113,7 @@ class TensorBatcher:
             order = torch.arange(n)
         order = order.to(self.data.x.device)  # the data may live on a GPU: index it there
         for b in range(len(self)):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            idx = shard(order[b * self.batch_size : (b + 1) * self.batch_size], self.world)
             yield Batch(self.data.x[idx], self.data.y[idx], idx)
 
     def __iter__(self) -> Iterator[Batch]:

@@ -109,7 +109,6 @@ class DiscriminatorOptions(Strict):
     input: Literal["logits", "centered", "log_probs"] = "logits"
 
 
-
 def build_discriminator(
     num_classes: int, seed: int, options: DiscriminatorOptions | None = None
 ) -> LogitDiscriminator:

@@ -247,7 +247,7 @@ class AdversarialScheme(Scheme):
         with no_param_grads(self.discriminator):  # the student loss cannot reach D
             fake = self.discriminator(at_least_float32(student_out.logits), labels)
         adversarial = self._student_term(fake)
-        out = obj(student_out, teacher_out, batch)
+        out = self.replica(obj)(student_out, teacher_out, batch)
         terms = {**out.terms, "adversarial": adversarial}
         weight = self.options.adversarial_weight
         update("student", LossOutput(out.total + weight * adversarial, terms))
@@ -273,7 +273,7 @@ class AdversarialScheme(Scheme):
         self, real: Tensor, student_logits: Tensor, labels: Tensor, update: Update, steps: int
     ) -> dict[str, float]:
         fake_logits = at_least_float32(student_logits.detach())
-        D, totals = self.discriminator, {"d_acc": 0.0, "wasserstein": 0.0}
+        D, totals = self.replica(self.discriminator), {"d_acc": 0.0, "wasserstein": 0.0}
         for _ in range(steps):  # the same batch; the student has not moved in between
             real_scores, fake_scores = D(real, labels), D(fake_logits, labels)
             if self.mode == "gan":
@@ -290,7 +290,7 @@ class AdversarialScheme(Scheme):
                 total = total + self.options.gp_weight * terms["gp"]
             update("discriminator", LossOutput(total, terms))
             if self.lipschitz == "clip":
-                clip_weights(D, self.options.clip_value)
+                clip_weights(self.discriminator, self.options.clip_value)
         key = "d_acc" if self.mode == "gan" else "wasserstein"
         return {key: totals[key] / steps}
 

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from kdlab.config import ExperimentConfig, StageConfig
 from kdlab.data import ArrayDataset, DataSplits, split_indices
+from kdlab.distributed import trains
 from kdlab.engine import Update
 from kdlab.errors import ConfigError
 from kdlab.inference import forward_with_taps, predict_logits
@@ -82,12 +83,36 @@ class Scheme:
         for module in self.frozen().values():
             module.eval()  # a teacher never trains: its BatchNorm statistics must not drift
 
-    @staticmethod
+    def called_modules(self) -> list[nn.Module]:
+        """The trained modules whose forward ``train_step`` calls (through :meth:`replica`).
+
+        Under DDP each is wrapped, so its gradients are averaged over the ranks. The default is
+        every trainable module; a scheme whose checkpoint holds containers (e.g. a ModuleList of
+        per-pair objectives) lists the modules it calls instead.
+        """
+        return list(self.trainable().values())
+
+    def replicate(self, wrap: Callable[[nn.Module], nn.Module] | None) -> None:
+        """Run the forwards of :meth:`called_modules` that train through ``wrap(module)`` — the
+        engine's DistributedDataParallel — or, with None, through the modules again."""
+        self._replicas = {
+            id(m): wrap(m) for m in self.called_modules() if wrap is not None and trains(m)
+        }
+
+    def replica(self, module: nn.Module) -> nn.Module:
+        """What to call for ``module``'s forward: its DDP wrapper under DDP, else itself.
+
+        Call a module through this whenever its parameters should learn from the step (a
+        frozen use, e.g. the discriminator judging the student, calls the module itself).
+        """
+        return getattr(self, "_replicas", {}).get(id(module), module)
+
     def forward(
-        model: nn.Module, inputs: Tensor, taps: Sequence[str] = (), role: str = "model"
+        self, model: nn.Module, inputs: Tensor, taps: Sequence[str] = (), role: str = "model"
     ) -> ModelOutput:
-        """Run ``model`` and capture the outputs of the modules at ``taps`` (by path)."""
-        return forward_with_taps(model, inputs, taps, role)
+        """Run ``model`` (through its replica) and capture the outputs of the modules at
+        ``taps`` (by path)."""
+        return forward_with_taps(model, inputs, taps, role, self.replica(model))
 
     @torch.no_grad()
     def predict(self, data: ArrayDataset, batch_size: int = 1024) -> Tensor:

@@ -85,8 +85,9 @@ class DiscriminatorPretraining(Scheme):
         with torch.no_grad():
             real = at_least_float32(self.forward(self.teacher, batch.inputs).logits)
             fake = at_least_float32(self.forward(self.generator, batch.inputs).logits)
-        real_scores = self.discriminator(real, batch.targets)
-        fake_scores = self.discriminator(fake, batch.targets)
+        discriminator = self.replica(self.discriminator)  # learns: through DDP, where it runs
+        real_scores = discriminator(real, batch.targets)
+        fake_scores = discriminator(fake, batch.targets)
         loss = gan_discriminator_loss(real_scores, fake_scores, self.real_target)
         update("discriminator", LossOutput(loss, {"gan": loss}))
         return {"d_acc": discriminator_accuracy(real_scores, fake_scores)}
@@ -128,6 +129,7 @@ def pretrain_discriminator(
             scheme.discriminator, scheme.teacher, scheme.generator, holdout
         )
     return summary
+
 
 def discriminator_models(ctx: DistillContext) -> tuple[list[nn.Module], list[nn.Module]]:
     """The adversarial scheme's preflight: the discriminator built from its options

@@ -122,6 +122,9 @@ class MutualScheme(Scheme):
     def trainable(self) -> dict[str, nn.Module]:
         return {**dict(zip(self.names, self.peers, strict=True)), "objectives": self._pair_modules}
 
+    def called_modules(self) -> list[nn.Module]:
+        return [*self.peers, *self._pair_modules]  # each pair objective is called on its own
+
     def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
         groups = {}
         for i, (name, peer) in enumerate(zip(self.names, self.peers, strict=True)):
@@ -162,7 +165,11 @@ class MutualScheme(Scheme):
         targets = [out.detach() for out in outs]  # no gradient reaches a peer through a target
         losses = []
         for i, row in enumerate(self.objectives):
-            pairs = [o(outs[i], targets[j], batch) for j, o in enumerate(row) if o is not None]
+            pairs = [
+                self.replica(o)(outs[i], targets[j], batch)
+                for j, o in enumerate(row)
+                if o is not None
+            ]
             terms = {
                 name: sum(p.terms[name] for p in pairs) / len(pairs) for name in pairs[0].terms
             }

@@ -122,7 +122,7 @@ class OfflineScheme(Scheme):
                         self.teacher, batch.inputs, obj.teacher_taps, "teacher"
                     )
         student_out = self.forward(self.student, batch.inputs, obj.student_taps, "student")
-        update("student", self.objective(student_out, teacher_out, batch))
+        update("student", self.replica(obj)(student_out, teacher_out, batch))
         return {"acc": batch_accuracy(student_out.logits, batch.targets)}
 
 
