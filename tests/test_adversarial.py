@@ -212,8 +212,13 @@ def test_each_loss_reaches_only_its_own_model(options: dict) -> None:
 
 def test_student_step_uses_the_updated_discriminator_and_logs_its_estimates() -> None:
     student, teacher, d = tiny(1), tiny(2, hidden=32), LogitDiscriminator(3, hidden=[8])
-    scheme = AdversarialScheme(student, teacher, d, Objective([CrossEntropy()]),
-                               {"mode": "wgan", "lipschitz": "clip", "clip_value": 0.5})
+    scheme = AdversarialScheme(
+        student,
+        teacher,
+        d,
+        Objective([CrossEntropy()]),
+        {"mode": "wgan", "lipschitz": "clip", "clip_value": 0.5},
+    )
     data = blobs(16, 1)
     batch = Batch(data.x, data.y)
     scheme.prepare(batch)
@@ -244,8 +249,13 @@ def test_fresh_critic_batches_give_each_d_step_new_data_and_the_student_every_kt
     """WGAN's loop: d_steps = 3 → D updates on every batch, the student on every third, and each
     D step scores the logits of its own batch."""
     student, teacher, d = tiny(1), tiny(2, hidden=32), LogitDiscriminator(3, hidden=[8])
-    scheme = AdversarialScheme(student, teacher, d, Objective([CrossEntropy()]),
-                               {"mode": "wgan", "d_steps": 3, "critic_batches": "fresh"})
+    scheme = AdversarialScheme(
+        student,
+        teacher,
+        d,
+        Objective([CrossEntropy()]),
+        {"mode": "wgan", "d_steps": 3, "critic_batches": "fresh"},
+    )
     batches = [Batch(data.x, data.y) for data in (blobs(8, s) for s in range(6))]
     scheme.prepare(batches[0])
     scheme.set_mode(True)
@@ -447,8 +457,9 @@ def test_gradient_penalty_with_batch_norm_is_rejected() -> None:
         parse_config(experiment(bad))
     d = LogitDiscriminator(3, norm="batch")  # the Python path checks the module itself
     with pytest.raises(ConfigError, match="BatchNorm"):
-        AdversarialScheme(tiny(1), tiny(2), d, Objective([CrossEntropy()]),
-                          {"mode": "wgan", "lipschitz": "gp"})
+        AdversarialScheme(
+            tiny(1), tiny(2), d, Objective([CrossEntropy()]), {"mode": "wgan", "lipschitz": "gp"}
+        )
 
 
 @pytest.mark.parametrize("key", ["adversarial_weight", "discriminator_weight", "gp_weight"])

@@ -16,7 +16,7 @@ from PIL import Image
 from rich.console import Console
 from typer.testing import CliRunner
 
-from kdlab import cli
+from kdlab import cli, terminal
 from kdlab.config import load_config, parse_config
 from kdlab.data import load_dataset
 from kdlab.data import source as data_source
@@ -32,8 +32,9 @@ runner = CliRunner()
 
 @pytest.fixture(autouse=True)
 def _wide(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "console", Console(width=400))
-    monkeypatch.setattr(cli, "err_console", Console(stderr=True, width=400))
+    for module in (cli, terminal):
+        monkeypatch.setattr(module, "console", Console(width=400))
+        monkeypatch.setattr(module, "err_console", Console(stderr=True, width=400))
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from kdlab import cli
+from kdlab import cli, terminal
 from kdlab.quickstart import FEW_LABELS, quickstart_configs
 from kdlab.store import RunStore
 
@@ -35,8 +35,9 @@ TINY = textwrap.dedent(
 
 def wide_consoles(mp: pytest.MonkeyPatch, width: int = 200) -> None:
     """Rich wraps at 80 columns when not on a terminal; tests read whole lines."""
-    mp.setattr(cli, "console", Console(width=width))
-    mp.setattr(cli, "err_console", Console(stderr=True, width=width))
+    for module in (cli, terminal):
+        mp.setattr(module, "console", Console(width=width))
+        mp.setattr(module, "err_console", Console(stderr=True, width=width))
 
 
 @pytest.fixture(autouse=True)

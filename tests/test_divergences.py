@@ -100,7 +100,6 @@ FUNCS = {
 mpmath.mp.dps = 50
 
 
-
 def mp_renyi(lp: torch.Tensor, lq: torch.Tensor, alpha: float) -> np.ndarray:
     """D_α at 50 digits from the exact (float64-representable) log-probabilities and α."""
     a = mpmath.mpf(float(alpha))
@@ -484,8 +483,6 @@ def test_masked_classes_values(which, dtype):
     np.testing.assert_allclose(d.double().numpy(), expected, rtol=tol, atol=tol)
 
 
-
-
 @pytest.mark.parametrize("which", MASK_CASES)
 def test_masked_classes_gradients(which):
     """No NaN in gradients; masked logits get 0; the rest equals the gradient on the reduced
@@ -538,8 +535,6 @@ def test_support_of_p_outside_q_is_infinite(which, dtype):
     lp, lq, _, _ = _q_zero_case()
     d = _eval(which, lp.to(dtype), lq.to(dtype))
     assert torch.isinf(d).all() and (d > 0).all()
-
-
 
 
 @pytest.mark.parametrize(

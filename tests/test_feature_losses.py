@@ -42,13 +42,6 @@ from kdlab.types import Batch
 B = 4
 
 
-
-
-
-
-
-
-
 def assert_grad_only_to_student(term, s: torch.Tensor, t: torch.Tensor) -> None:
     s = s.clone().requires_grad_(True)
     t = t.clone().requires_grad_(True)  # a teacher feature that *could* take a gradient

@@ -170,8 +170,9 @@ def test_mutual_learning_records_every_peer(digits: DataSplits, tmp_path: Path) 
     torch.manual_seed(0)
     peers = [MLP(64, [16]), MLP(64, [32])]
     with RunStore(tmp_path) as store:
-        runs = mutual_learning(peers, digits, settings=settings(),
-                               recorder=Recorder(store, progress=False))
+        runs = mutual_learning(
+            peers, digits, settings=settings(), recorder=Recorder(store, progress=False)
+        )
         records = {r.role: r for r in store.list_runs()}
         histories = {role: store.history(r.id) for role, r in records.items()}
     assert set(records) == {"peer1", "peer2"}

@@ -32,7 +32,6 @@ from kdlab.store import RunStore
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-
 def toy_data(n: int = 48) -> DataSplits:
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 3, (n,), generator=g)
@@ -263,4 +262,3 @@ def test_example_configs_validate_and_cover_every_method() -> None:
         for loss in [raw.get("loss") or []] + [s["loss"] for s in raw.get("stages", [])]:
             kinds |= {term["type"] for term in loss}
     assert kinds >= METHODS
-

@@ -59,8 +59,14 @@ def test_distillation_with_and_without_cache_trains_the_same_student(digits):
         torch.manual_seed(1)
         student = MLP(64, [16], 10)
         settings = TrainSettings(epochs=3, threads=1, cache_teacher=cache)
-        fit_model(student, digits, Objective(hinton_loss(4.0, 0.9)), settings, teacher=teacher,
-                  progress=False)
+        fit_model(
+            student,
+            digits,
+            Objective(hinton_loss(4.0, 0.9)),
+            settings,
+            teacher=teacher,
+            progress=False,
+        )
         results.append(torch.cat([p.detach().flatten() for p in student.parameters()]))
     torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
 

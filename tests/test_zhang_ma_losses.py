@@ -27,10 +27,6 @@ from kdlab.types import Batch
 B = 3
 
 
-
-
-
-
 def prepared(term, s: torch.Tensor, t: torch.Tensor):
     so, to, batch = outputs(s, t)
     torch.manual_seed(0)

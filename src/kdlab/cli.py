@@ -5,20 +5,25 @@ from __future__ import annotations
 import functools
 import json
 import os
-import signal
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from kdlab import distributed
 from kdlab.errors import KdlabError
-from kdlab.health import TrainingWarning
+from kdlab.terminal import (
+    console,
+    err_console,
+    fail,
+    interruptible,
+    quiet_unless_main,
+    show_warning,
+)
 
 app = typer.Typer(
     help="Knowledge distillation: train teachers, distill students, compare runs across seeds.",
@@ -26,8 +31,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True)
 
 DEFAULT_STORE = "kdlab-runs"
 StoreOpt = Annotated[
@@ -37,77 +40,32 @@ StoreOpt = Annotated[
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars.")]
 
 
-def _fail(message: str, code: int = 2) -> NoReturn:
-    # The message may quote what a user wrote: print it as plain text (no markup, which a "[/]"
-    # in a value would break, and no highlighting, which is slow on long lines), cut to a size
-    # a terminal can show.
-    from rich.text import Text
-
-    from kdlab.errors import shorten
-
-    text = Text("error:", style="bold red").append(" " + shorten(message, 20_000))
-    err_console.print(text, highlight=False)
-    raise typer.Exit(code)
-
-
-_default_show_warning = warnings.showwarning
-
-
 def command(func: Callable[..., Any]) -> Callable[..., Any]:
     """Register a command whose kdlab errors print as one clear line and exit with status 2."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        quiet_unless_main()
         try:
             with warnings.catch_warnings():
-                warnings.showwarning = _show_warning
+                warnings.showwarning = show_warning
                 return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
         except (KdlabError, ValueError) as err:
             if os.environ.get("KDLAB_DEBUG"):
                 raise
-            _fail(
+            fail(
                 f"{err}  (set KDLAB_DEBUG=1 for a traceback)"
                 if not isinstance(err, KdlabError)
                 else str(err)
             )
+        except Exception as err:  # under DDP: one line per failing rank, not N tracebacks
+            if os.environ.get("KDLAB_DEBUG") or not distributed.world().distributed:
+                raise
+            fail(f"{type(err).__name__}: {err}", 1)
 
     return app.command()(wrapper)
-
-
-def _show_warning(
-    message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any
-) -> None:
-    """kdlab's own warnings (a teacher at chance, a diverged loss) as one line on stderr."""
-    if issubclass(category, TrainingWarning):
-        err_console.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
-    else:
-        _default_show_warning(message, category, *args, **kwargs)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the process is, so the run in progress is marked interrupted."""
-
-
-@contextmanager
-def interruptible(how_to_continue: str) -> Iterator[None]:
-    """Ctrl-C and SIGTERM end the command with one line (exit 130 / 143): the run in progress
-    is marked ``interrupted`` in the store (kdlab.runs) and the line says how to continue."""
-
-    def terminate(signum: int, frame: object) -> None:
-        raise Terminated
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    except KeyboardInterrupt as err:
-        what = "SIGTERM" if isinstance(err, Terminated) else "Ctrl-C"
-        err_console.print(
-            f"[bold yellow]interrupted[/] ({what}): the run in progress is marked interrupted; "
-            f"continue with `{how_to_continue}`", highlight=False,
-        )  # fmt: skip
-        raise typer.Exit(143 if isinstance(err, Terminated) else 130) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _store(path: Path | None):
@@ -122,9 +80,9 @@ def _seeds(text: str | None) -> list[int] | None:
     try:
         seeds = [int(s) for s in text.replace(" ", "").split(",") if s]
     except ValueError:
-        _fail(f"--seeds must be comma-separated integers like 0,1,2, got {text!r}")
+        fail(f"--seeds must be comma-separated integers like 0,1,2, got {text!r}")
     if not seeds:
-        _fail("--seeds needs at least one seed")
+        fail("--seeds needs at least one seed")
     return seeds
 
 
@@ -168,6 +126,10 @@ def run(
     precision: Annotated[
         str | None, typer.Option(help="fp32, bf16 or fp16 (CUDA), for every model.")
     ] = None,
+    nproc: Annotated[
+        int | None,
+        typer.Option(help="Run on N processes of this machine (torchrun, DDP): one per GPU."),
+    ] = None,
 ) -> None:
     """Run an experiment: per seed, teacher, student alone and distilled student."""
     from kdlab.config import load_config
@@ -177,6 +139,8 @@ def run(
     options = {"--seeds": seeds, "--data-root": data_root, "--device": device,
                "--precision": precision}  # fmt: skip
     cfg = _with_overrides(load_config(config), config, options)
+    if nproc is not None and not distributed.world().distributed:
+        _launch(nproc, cfg)
     again = ["kdlab run", str(config), *(["--store", str(store)] if store else []),
              *(f"{k} {v}" for k, v in options.items() if v), "--resume"]  # fmt: skip
     with _store(store) as run_store, interruptible(" ".join(again)):
@@ -193,6 +157,20 @@ def run(
                 f"KD gain in test accuracy: {100 * g.mean:+.2f} points, paired over {g.n} seeds"
             )
         console.print(f"Runs recorded in {run_store.root}.")
+
+
+def _launch(nproc: int, cfg: Any) -> None:
+    """``kdlab run --nproc N``: checked here, then the same command on N processes."""
+    import sys
+
+    from kdlab.launch import check_launch, launch, training_sections
+
+    check_launch(nproc, training_sections(cfg))
+    if nproc > 1:
+        args = sys.argv[1:]
+        at = next(i for i, a in enumerate(args) if a.startswith("--nproc"))
+        del args[at : at + (1 if "=" in args[at] else 2)]
+        raise typer.Exit(launch(nproc, args))
 
 
 def _with_overrides(cfg: Any, source: Path, options: dict[str, Any]) -> Any:
@@ -289,7 +267,7 @@ def summary(
         records = run_store.list_runs(experiment=experiment, status="finished")
     if not records:
         known = ", ".join(_store(store).experiments()) or "none yet"
-        _fail(f"no finished runs of experiment {experiment!r}; experiments: {known}")
+        fail(f"no finished runs of experiment {experiment!r}; experiments: {known}")
     latest = latest_per_role_and_seed(records)
     rows = [RunRow(r.role, r.seed or 0, r.metrics) for r in latest]
     table = summarize(rows)

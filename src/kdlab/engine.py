@@ -22,6 +22,7 @@ from kdlab import checkpoint as ckpt
 from kdlab import distributed
 from kdlab.data.base import ArrayDataset, TensorBatcher, on_device
 from kdlab.devices import autocast, check_precision, gradient_scaler, resolve_device
+from kdlab.errors import KdlabError
 from kdlab.guard import NonFiniteGuard
 from kdlab.losses import Objective
 from kdlab.metrics import accuracy, nll
@@ -174,8 +175,8 @@ class Engine:
         self.history, start, self._best, self._scheme = [], 0, None, scheme
         self._saved_at = time.monotonic()
         self._good_checkpoint = False
-        if resume and self.checkpoint_path and self.checkpoint_path.exists():
-            start = self._restore(scheme, ckpt.load_checkpoint(self.checkpoint_path))
+        if resume and self.checkpoint_path and distributed.broadcast(self.checkpoint_path.exists()):
+            start = self._restore(scheme, ckpt.load_checkpoint(self._shared_checkpoint()))
         if self.world.distributed:  # after the restore: DDP starts every rank from rank 0's state
             scheme.replicate(self._replicate)
         batcher = TensorBatcher(train, s.batch_size, seed=self.seed, world=self.world)
@@ -297,9 +298,11 @@ class Engine:
         )
 
     def _replicate(self, module: nn.Module) -> nn.Module:
-        # A loss may hold adapters that a step leaves unused (a term of weight 0): DDP must look.
-        unused = self.settings.find_unused_parameters or isinstance(module, Objective)
-        return distributed.replicate(module, unused)
+        # A loss term of weight 0 is skipped, so its adapters get no gradient: DDP must know.
+        idle = isinstance(module, Objective) and any(
+            t.weight == 0 and distributed.trains(t) for t in module.terms
+        )
+        return distributed.replicate(module, self.settings.find_unused_parameters or idle)
 
     @torch.no_grad()
     def _evaluate(self, scheme: Trainable, val: ArrayDataset) -> dict[str, float]:
@@ -355,6 +358,17 @@ class Engine:
             self.checkpoint_path,  # type: ignore[arg-type]
             before_replace=self.on_checkpoint,
         )
+
+    def _shared_checkpoint(self) -> Path:
+        """The checkpoint rank 0 wrote, which every rank must be able to read."""
+        path = self.checkpoint_path
+        assert path is not None
+        if not path.exists():
+            raise KdlabError(
+                f"rank {self.world.rank} cannot see the checkpoint {path} that rank 0 wrote: "
+                "under DDP on several machines the run store must be on a filesystem they share"
+            )
+        return path
 
     def _restore(self, scheme: Trainable, state: dict[str, Any]) -> int:
         models = scheme.trainable()

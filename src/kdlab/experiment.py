@@ -29,6 +29,7 @@ from kdlab.schemes.base import DistillContext
 from kdlab.schemes.offline import fit_offline
 from kdlab.schemes.registry import get_scheme
 from kdlab.store import RunStore
+from kdlab.store.shared import shared_store
 from kdlab.teachers import build_teacher
 
 
@@ -108,6 +109,7 @@ def run_experiment(
     if resume and store is None:
         raise ConfigError("resume reads completed seeds from a run store; pass store=RunStore(...)")
     preflight(cfg, teacher=(teachers or {}).get(cfg.seeds[0]))  # every model and file, first
+    store = shared_store(store)  # under DDP: rank 0 writes, the others ask it
     result = ExperimentResult(cfg.name)
     recorder = Recorder(store, cfg.name, progress, cfg.metrics.gamma, cfg.metrics.ece_bins,
                         resume=resume, strict=cfg.strict)  # fmt: skip

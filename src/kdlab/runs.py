@@ -29,6 +29,7 @@ from torch import nn
 from kdlab import checkpoint as ckpt
 from kdlab.data import ArrayDataset, DataSplits
 from kdlab.devices import module_device
+from kdlab.distributed import is_main
 from kdlab.engine import Engine, EpochCallback, Trainable
 from kdlab.errors import ConfigError, StoreError
 from kdlab.health import check_history
@@ -37,6 +38,7 @@ from kdlab.metrics import classification_metrics
 from kdlab.settings import TrainSettings
 from kdlab.store import RunRecord, RunStore
 from kdlab.store.records import dumps
+from kdlab.store.shared import shared_store
 from kdlab.types import Batch
 
 
@@ -91,6 +93,9 @@ class Recorder:
     #: Stop (instead of warn) when a run looks like it learned nothing (kdlab.health).
     strict: bool = False
 
+    def __post_init__(self) -> None:
+        self.store = shared_store(self.store)  # under DDP: rank 0 writes, the others ask it
+
     def evaluate(
         self, model: nn.Module, test: ArrayDataset, teacher: nn.Module | None = None
     ) -> dict[str, float]:
@@ -137,7 +142,10 @@ class Recorder:
         """Write a run's final weights (``model.pt``, ``model.safetensors``): their paths and
         SHA-256 hashes, by artefact key."""
         assert self.store is not None
-        files = ckpt.save_model(model.state_dict(), self.store.run_dir(run_id), epochs)
+        folder = self.store.run_dir(run_id)
+        if not is_main():  # rank 0 writes the files and records them
+            return {}, {}
+        files = ckpt.save_model(model.state_dict(), folder, epochs)
         return {k: str(p) for k, p in files.items()}, {k: ckpt.sha256(p) for k, p in files.items()}
 
     def checkpoint_hook(self, run_id: str | None) -> Callable[[Path], None] | None:
@@ -150,6 +158,8 @@ class Recorder:
         def record(new_file: Path) -> None:
             path = store.run_dir(run_id) / "checkpoint.pt"
             previous = store.get_run(run_id).hashes.get("checkpoint")
+            if not is_main():  # the file is rank 0's: only it hashes and records it
+                return
             hashes = {"checkpoint": ckpt.sha256(new_file)}
             if previous is not None:
                 hashes["checkpoint.previous"] = previous
