@@ -22,7 +22,9 @@ epochs over all images):
   (c) ``cached`` kdlab KD with the teacher-logit cache (its warm-up epochs run over all images
                  in the same fit: the first fills the cache), and
       ``alone``  the student alone (cross-entropy only)
-  (d) ``ddp``   1 vs 2 processes: not implemented yet, reported as a TODO row.
+  (d) ``ddp``   the KD epoch (teacher recomputed) on 1 vs 2 processes under DDP, each count in
+                freshly spawned processes (benchmarks/bench_ddp.py): on the CPU they share the
+                cores, on CUDA each rank takes a GPU (skipped with fewer than 2).
 
 The whole data set is put on the device once, before the first variant (the engine leaves data
 already there in place). An epoch's time runs from the end of the previous one (for the first
@@ -87,7 +89,7 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], bool]] = {
     "compile": ("kdlab KD fp32 compiled", "kdlab", {"compile": True}, False),
     "cached": ("kdlab KD fp32, cached teacher", "kdlab", {}, True),
     "alone": ("kdlab student alone (CE)", "alone", {}, False),
-    "ddp": ("ddp: 1 vs 2 processes", "todo", {}, False),
+    "ddp": ("kdlab KD fp32 on 2 processes (DDP)", "ddp", {}, False),
 }
 #: compile last: its compilation is the slowest part, and --budget-s skips what is left
 DEFAULT_VARIANTS = ["kd", "hand", "bf16", "channels_last", "cached", "alone", "compile", "ddp"]
@@ -244,10 +246,20 @@ def run_variant(
     return [b - a for a, b in itertools.pairwise(marks)][fill:]
 
 
+def ddp_row(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    from bench_ddp import compare  # beside this file
+
+    job = {"device": device.type, "n_images": args.n_images, "batch_size": args.batch_size,
+           "epochs": args.epochs, "warmup": max(1, args.warmup), "seed": args.seed}  # fmt: skip
+    try:
+        return compare(job)
+    except Exception as err:  # a failed row must not lose the others
+        traceback.print_exc()
+        return {"status": "failed", "note": f"failed: {type(err).__name__}: {err}"[:300]}
+
+
 def skip_reason(name: str, device: torch.device, fields: dict[str, bool]) -> str | None:
-    _, kind, extra, _ = VARIANTS[name]
-    if kind == "todo":
-        return "TODO: not implemented yet"
+    extra = VARIANTS[name][2]
     missing = [key for key in extra if not fields[key]]
     if missing:
         return f"skipped: TrainSettings has no {', '.join(missing)} field in this kdlab"
@@ -275,6 +287,7 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
         "fp16_over_fp32": over("fp16", "kd"),
         "channels_last_over_fp32": over("channels_last", "kd"),
         "compile_over_fp32": over("compile", "kd"),
+        "ddp_two_over_one_process": results.get("ddp", {}).get("two_over_one_process"),
     }
 
 
@@ -286,6 +299,7 @@ RATIO_LABELS = {
     "fp16_over_fp32": "fp16 / fp32",
     "channels_last_over_fp32": "channels_last / fp32",
     "compile_over_fp32": "compile / fp32",
+    "ddp_two_over_one_process": "DDP 2 / 1 process",
 }
 
 
@@ -448,7 +462,10 @@ def main(argv: list[str] | None = None) -> None:
         if reason is None and args.budget_s is not None and elapsed > args.budget_s:
             reason = f"skipped: time budget of {args.budget_s:.0f} s spent"
         if reason is not None:
-            row.update(status="todo" if name == "ddp" else "skipped", note=reason)
+            row.update(status="skipped", note=reason)
+        elif name == "ddp":
+            print(f"running {name}: {label} …", file=sys.stderr, flush=True)
+            row.update(ddp_row(args, device))
         else:
             print(f"running {name}: {label} …", file=sys.stderr, flush=True)
             if device.type == "cuda":

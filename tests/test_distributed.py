@@ -8,6 +8,7 @@ weights to 1e-5, the run store's rows exactly. The global batch splits evenly ov
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -240,7 +241,7 @@ def _flatten(tree: object, prefix: str = "") -> dict[str, torch.Tensor]:
 
 def test_rank_zero_store_answers_every_rank_alike(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
-        import os, sys, torch.multiprocessing as mp
+        import os, json, torch.multiprocessing as mp
         from pathlib import Path
 
         def main(rank):
@@ -248,14 +249,17 @@ def test_rank_zero_store_answers_every_rank_alike(tmp_path: Path) -> None:
                               MASTER_ADDR="127.0.0.1", MASTER_PORT="{_free_port()}")
             from kdlab.store import RunStore
             from kdlab.store.shared import shared_store
-            store = shared_store(RunStore(Path(r"{tmp_path}") / f"s{{rank}}"))
+            root = Path(r"{tmp_path}")
+            store = shared_store(RunStore(root / f"s{{rank}}"))
             run = store.create_run(experiment="e", name="n", role="r", seed=0, config={{}})
             store.log_epoch(run, 1, {{"loss": 1.0}})
             try:
                 store.get_run("nope")
+                raised = None
             except Exception as err:
-                print(rank, "raised", type(err).__name__, flush=True)
-            print(rank, "id", run, len(store.history(run)), flush=True)
+                raised = type(err).__name__
+            seen = {{"id": run, "history": len(store.history(run)), "raised": raised}}
+            (root / f"rank{{rank}}.json").write_text(json.dumps(seen))
 
         if __name__ == "__main__":
             mp.spawn(main, nprocs=2)
@@ -264,10 +268,40 @@ def test_rank_zero_store_answers_every_rank_alike(tmp_path: Path) -> None:
     path.write_text(script)
     done = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    lines = sorted(done.stdout.split("\n"))
-    ids = {line.split()[2] for line in lines if " id " in line}
-    assert len(ids) == 1  # rank 1 got rank 0's run id
-    assert sum(line.endswith(" 1") for line in lines if " id " in line) == 2  # and its history
-    assert sum("raised StoreError" in line for line in lines) == 2  # and its error
+    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert seen[0] == seen[1]  # rank 1 got rank 0's run id, history and error
+    assert seen[0]["history"] == 1 and seen[0]["raised"] == "StoreError"
     with RunStore(tmp_path / "s1") as s1:
         assert s1.list_runs() == []  # rank 1 never wrote its own store
+
+
+def test_preflight_refuses_a_batch_the_ranks_cannot_share(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kdlab.config import load_config
+    from kdlab.preflight import preflight
+
+    config = tmp_path / "exp.yaml"
+    config.write_text(EXPERIMENT.format(teacher_model="{type: mlp, hidden: [16]}"))
+    cfg = load_config(config)
+    preflight(cfg)  # one process: fine
+    monkeypatch.setenv("WORLD_SIZE", "3")  # as torchrun sets it: 32 does not split over 3
+    with pytest.raises(ConfigError, match=r"^student\.train\.batch_size is 32.*multiple of 3"):
+        preflight(cfg)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs (NCCL: one per rank)")
+def test_nccl_on_two_gpus_equals_one_gpu(tmp_path: Path) -> None:
+    config = tmp_path / "exp.yaml"
+    config.write_text(EXPERIMENT.format(teacher_model="{type: mlp, hidden: [16]}"))
+    one = _kdlab("run", config, "--store", tmp_path / "one", "--no-progress", "--device", "cuda",
+                 cwd=tmp_path)  # fmt: skip
+    two = _kdlab("run", config, "--store", tmp_path / "two", "--no-progress", "--device", "cuda",
+                 "--nproc", "2", cwd=tmp_path)  # fmt: skip
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    assert _rows(tmp_path / "one") == _rows(tmp_path / "two")
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    for role in a:
+        for key in a[role]:  # GPU reductions may sum in another order: 1e-4
+            torch.testing.assert_close(b[role][key], a[role][key], atol=1e-4, rtol=0)

@@ -19,26 +19,13 @@ from pathlib import Path
 import torch
 
 from kdlab import distributed
-from kdlab.config import ExperimentConfig
 from kdlab.devices import resolve_device
 from kdlab.errors import ConfigError
-from kdlab.settings import TrainSettings, merge_settings
+from kdlab.preflight import training_sections
+from kdlab.settings import TrainSettings
 
 #: The environment variable naming the folder where failing ranks leave their error line.
 ERRORS_ENV = "KDLAB_ERRORS"
-
-
-def training_sections(cfg: ExperimentConfig) -> list[tuple[str, TrainSettings]]:
-    """Every training section of ``cfg`` with its config path (stages merged over their base)."""
-    sections = [("student.train", cfg.student.train)]
-    if cfg.teacher is not None and cfg.teacher.train is not None:
-        sections.append(("teacher.train", cfg.teacher.train))
-    base = cfg.distill.train or cfg.student.train
-    if cfg.distill.train is not None:
-        sections.append(("distill.train", cfg.distill.train))
-    for i, stage in enumerate(cfg.distill.stages or []):
-        sections.append((f"distill.stages.{i}.train", merge_settings(base, stage.train)))
-    return sections
 
 
 def check_launch(nproc: int, sections: Iterable[tuple[str, TrainSettings]]) -> None:
@@ -118,5 +105,5 @@ __all__ = [
     "first_error",
     "launch",
     "report_error",
-    "training_sections",
+    "training_sections",  # re-exported for the command line
 ]

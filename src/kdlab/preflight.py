@@ -22,6 +22,7 @@ from typing import Any
 from torch import nn
 
 from kdlab import checkpoint as ckpt
+from kdlab import distributed
 from kdlab.config import ExperimentConfig
 from kdlab.data import DataSplits, load_dataset
 from kdlab.devices import check_precision, resolve_device
@@ -34,7 +35,7 @@ from kdlab.runs import check_num_classes
 from kdlab.schemes.base import DistillContext
 from kdlab.schemes.registry import get_scheme
 from kdlab.seeding import derived_seed
-from kdlab.settings import merge_settings
+from kdlab.settings import TrainSettings, merge_settings
 from kdlab.taps import resolve_modules
 
 
@@ -59,18 +60,29 @@ def preflight(cfg: ExperimentConfig, teacher: nn.Module | None = None) -> None:
     _check_losses(cfg, data, student, teacher)
 
 
-def _check_devices(cfg: ExperimentConfig) -> None:
-    """Every training section's device exists here and can run its precision."""
-    sections = {"student.train": cfg.student.train, "distill.train": cfg.distill.train}
+def training_sections(cfg: ExperimentConfig) -> list[tuple[str, TrainSettings]]:
+    """Every training section of ``cfg`` with its config path (stages merged over their base)."""
+    sections = [("student.train", cfg.student.train)]
     if cfg.teacher is not None:
-        sections["teacher.train"] = cfg.teacher.train
-    for where, settings in sections.items():
-        if settings is None:
-            continue
+        sections.append(("teacher.train", cfg.teacher.train))
+    if cfg.distill.train is not None:
+        sections.append(("distill.train", cfg.distill.train))
+    base = cfg.distill.train or cfg.student.train
+    for i, stage in enumerate(cfg.distill.stages or []):
+        sections.append((f"distill.stages.{i}.train", merge_settings(base, stage.train)))
+    return sections
+
+
+def _check_devices(cfg: ExperimentConfig) -> None:
+    """Every training section's device exists here and can run its precision; under DDP its
+    global batch splits over the ranks."""
+    here = distributed.world()
+    for where, settings in training_sections(cfg):
         try:
             check_precision(resolve_device(settings.device), settings.precision)
         except ConfigError as err:
             raise ConfigError(f"{where}: {err}") from None
+        distributed.check_batch_size(settings.batch_size, here, f"{where}.batch_size")
 
 
 def _load_data(cfg: ExperimentConfig, seed: int) -> DataSplits:
