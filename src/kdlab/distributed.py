@@ -159,14 +159,15 @@ def sum_across(values: torch.Tensor) -> torch.Tensor:
     return total
 
 
-def mean_across(row: dict[str, float]) -> dict[str, float]:
-    """The mean over ranks of each value of ``row`` (same keys on every rank)."""
-    here = world()
-    if not here.distributed or not row:
+def mean_across(row: dict[str, float], weight: float = 1.0) -> dict[str, float]:
+    """The mean over ranks of each value of ``row`` (same keys on every rank), each rank's
+    values counted ``weight`` times (e.g. its number of examples); ``row`` itself alone."""
+    if not world().distributed or not row:
         return row
     keys = sorted(row)
-    total = sum_across(torch.tensor([float(row[k]) for k in keys], dtype=torch.float64))
-    return {k: float(v) / here.size for k, v in zip(keys, total.tolist(), strict=True)}
+    local = [float(row[k]) * weight if weight else 0.0 for k in keys]  # an empty slice: nothing
+    total = sum_across(torch.tensor([*local, weight], dtype=torch.float64)).tolist()
+    return {k: v / total[-1] for k, v in zip(keys, total[:-1], strict=True)}
 
 
 def replicate(module: nn.Module, find_unused_parameters: bool = False) -> nn.Module:

@@ -309,10 +309,8 @@ class Engine:
         if self.world.distributed:  # each rank scores its slice; the sums are added up
             val = val.subset(torch.arange(self.world.rank, len(val), self.world.size))
         logits, labels = scheme.predict(val), val.y.cpu()
-        n = len(labels)
-        local = [accuracy(logits, labels) * n, nll(logits, labels) * n] if n else [0.0, 0.0]
-        sums = distributed.sum_across(torch.tensor([*local, n], dtype=torch.float64))
-        metrics = {"val_accuracy": float(sums[0] / sums[2]), "val_nll": float(sums[1] / sums[2])}
+        metrics = {"val_accuracy": accuracy(logits, labels), "val_nll": nll(logits, labels)}
+        metrics = distributed.mean_across(metrics, weight=len(labels))
         if self.settings.keep_best and (
             self._best is None or metrics["val_accuracy"] > self._best[0]
         ):
