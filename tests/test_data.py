@@ -78,7 +78,7 @@ def write_mnist(folder: Path, *, gz: bool = True, dot_style: bool = False, per_c
 
 
 def ids_of(data: ArrayDataset) -> set[int]:
-    pixels = torch.round(data.x[:, 0, 0, :2] * 255).long()
+    pixels = torch.round(data.inputs()[:, 0, 0, :2] * 255).long()
     return set((pixels[:, 0] * 256 + pixels[:, 1]).tolist())
 
 
@@ -122,9 +122,10 @@ def test_idx_formats_and_name_styles(tmp_path: Path, gz: bool, dot_style: bool, 
     folder = tmp_path / "mnist" if in_subfolder else tmp_path
     x_train, y_train, x_test, y_test = write_mnist(folder, gz=gz, dot_style=dot_style)
     s = load_dataset("mnist", root=tmp_path, val_fraction=0.0)
-    assert torch.equal(s.train.x, scaled(x_train)[:, None])  # no val split keeps file order
-    assert torch.equal(s.test.x, scaled(x_test)[:, None])
-    assert s.train.x.max() == 1.0 and s.train.x.min() == 0.0
+    assert torch.equal(s.train.inputs(), scaled(x_train)[:, None])  # no val split keeps file order
+    assert torch.equal(s.test.inputs(), scaled(x_test)[:, None])
+    assert s.train.inputs().max() == 1.0 and s.train.inputs().min() == 0.0
+    assert s.train.x.dtype == torch.uint8  # stored compact: a quarter of float32's memory
     assert torch.equal(s.train.y, torch.from_numpy(y_train.astype(np.int64)))
     assert torch.equal(s.test.y, torch.from_numpy(y_test.astype(np.int64)))
     assert s.input_shape == (1, 28, 28) and s.num_classes == 10
@@ -208,8 +209,9 @@ def test_svhn_layout_and_label_ten(tmp_path: Path) -> None:
     x, y = write_svhn(tmp_path / "svhn")
     s = load_dataset("svhn", root=tmp_path, val_fraction=0.0)
     assert s.train.x.shape == (30, 3, 32, 32)
-    assert torch.equal(s.train.x, scaled(x).permute(3, 2, 0, 1))  # x[n, c, h, w] = X[h, w, c, n]
-    assert s.train.x[4, 2, 7, 1] == x[7, 1, 2, 4] / 255
+    # x[n, c, h, w] = X[h, w, c, n]
+    assert torch.equal(s.train.inputs(), scaled(x).permute(3, 2, 0, 1))
+    assert s.train.inputs()[4, 2, 7, 1] == x[7, 1, 2, 4] / 255
     expected = torch.from_numpy(y[:, 0].astype(np.int64)) % 10
     assert torch.equal(s.train.y, expected) and s.train.y[9] == 0 and s.train.y[0] == 1
     assert s.class_names[0] == "0" and len(s.test) == 30
@@ -251,8 +253,9 @@ def test_notmnist_pixels_labels_resize_and_carved_test(tmp_path: Path) -> None:
     assert np.all(x[-1] == 77) and y[-1] == 9 and Counter(y.tolist())[0] == 4
     s = load_dataset("notmnist", root=tmp_path, val_fraction=0.0)
     assert (len(s.train), len(s.test)) == (37, 4)  # default test = 10 % of 41
-    assert s.class_names == list("ABCDEFGHIJ") and s.test.x.max() <= 1.0
-    assert torch.equal(s.test.x, load_dataset("notmnist", root=tmp_path, seed=5).test.x)
+    assert s.class_names == list("ABCDEFGHIJ") and s.test.inputs().max() <= 1.0
+    again = load_dataset("notmnist", root=tmp_path, seed=5)
+    assert torch.equal(s.test.inputs(), again.test.inputs())
 
 
 def test_notmnist_unreadable_images(tmp_path: Path) -> None:
@@ -310,9 +313,9 @@ def test_cifar10_layout_and_meta_names(tmp_path: Path) -> None:
     s = load_dataset("cifar10", root=tmp_path, val_fraction=0.0)
     assert (len(s.train), len(s.test), s.input_shape) == (50, 10, (3, 32, 32))
     # Row layout: 1024 red, 1024 green, 1024 blue values, each plane row-major.
-    assert s.train.x[0, 1, 0, 0] == datas[0][0, 1024] / 255
-    assert s.train.x[12, 2, 31, 5] == datas[1][2, 2048 + 31 * 32 + 5] / 255
-    assert torch.equal(s.test.x.flatten(1), scaled(datas[5]))
+    assert s.train.inputs()[0, 1, 0, 0] == datas[0][0, 1024] / 255
+    assert s.train.inputs()[12, 2, 31, 5] == datas[1][2, 2048 + 31 * 32 + 5] / 255
+    assert torch.equal(s.test.inputs().flatten(1), scaled(datas[5]))
     assert s.class_names == [f"class{i}" for i in range(10)]
 
 

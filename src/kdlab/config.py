@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from kdlab.data import get_source
+from kdlab.data.augment import parse_augment
 from kdlab.errors import ConfigError, quote
 from kdlab.losses import check_loss_specs
 from kdlab.models import check_model_spec
@@ -73,6 +74,15 @@ class DataConfig(Strict):
     val_fraction: float = Field(0.1, ge=0, lt=1)
     test_size: PositiveInt | None = None
     flatten: bool = False
+    #: Batched augmentation of the training batches, and normalisation of every split, in order
+    #: (kdlab.data.augment): e.g. [{random_crop: {padding: 4}}, hflip, {normalize: {...}}].
+    augment: list[str | dict[str, Any]] | None = None
+
+    @field_validator("augment")
+    @classmethod
+    def _known_ops(cls, value: list[Any] | None) -> list[Any] | None:
+        parse_augment(value)  # unknown ops and arguments fail here, with the valid ones
+        return value
 
     @field_validator("source")
     @classmethod
@@ -251,6 +261,24 @@ class ExperimentConfig(Strict):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     #: Stop, instead of warning, when a teacher is at chance level or a loss diverged.
     strict: bool = False
+
+    @model_validator(mode="after")
+    def _no_cache_with_augmentation(self) -> ExperimentConfig:
+        augment, _ = parse_augment(self.data.augment)
+        sections = {
+            "teacher.train": self.teacher.train if self.teacher else None,
+            "student.train": self.student.train,
+            "distill.train": self.distill.train,
+        }
+        for where, train in sections.items():
+            explicit = train is not None and "cache_teacher" in train.model_fields_set
+            if augment is not None and explicit and train.cache_teacher:
+                raise ValueError(
+                    f"{where}.cache_teacher is true, but data.augment changes the inputs at "
+                    "every epoch, so cached teacher logits would be wrong; remove cache_teacher "
+                    "(kdlab turns the cache off with augmentation)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _teacher_if_needed(self) -> ExperimentConfig:

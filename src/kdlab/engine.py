@@ -135,8 +135,8 @@ class Engine:
         self.device = distributed.local_device(resolve_device(s.device), self.world)
         check_precision(self.device, s.precision)
         train, val = self._place(scheme, train, val)
-        index = torch.arange(min(2, len(train)), device=train.x.device)
-        scheme.prepare(Batch(train.x[:2], train.y[:2], index))
+        index = torch.arange(min(2, len(train)), device=train.y.device)
+        scheme.prepare(Batch(train.inputs(slice(2)), train.y[:2], index))
         if self.world.distributed:
             try:
                 return self._loop(scheme, train, val, resume)

@@ -18,11 +18,11 @@ from typing import Any
 from torch import nn
 
 from kdlab.config import ExperimentConfig
-from kdlab.data import DataSplits, load_dataset
+from kdlab.data import DataSplits
 from kdlab.errors import ConfigError
 from kdlab.health import check_teacher
 from kdlab.inference import predict_logits
-from kdlab.preflight import preflight
+from kdlab.preflight import load_data, preflight
 from kdlab.resume import StoredSeed, config_fingerprint
 from kdlab.runs import Recorder, RunInfo, RunResult, check_num_classes
 from kdlab.schemes.base import DistillContext
@@ -56,11 +56,7 @@ class _Seed:
     config_json: dict[str, Any]
 
     def load_data(self) -> DataSplits:
-        d = self.cfg.data
-        return load_dataset(
-            d.source, root=d.root, seed=self.seed, val_fraction=d.val_fraction,
-            test_size=d.test_size, flatten=d.flatten,
-        )  # fmt: skip
+        return load_data(self.cfg, self.seed)
 
     def teacher(self, data: DataSplits, given: nn.Module | None) -> tuple[Any, list[RunResult]]:
         """The seed's teacher (given, trained or loaded; None without one) and its runs."""
@@ -75,7 +71,7 @@ class _Seed:
             teacher = build_teacher(self.cfg.teacher, data, run, self.recorder)
             model, runs = teacher.model, teacher.runs
         if len(data.val):  # a teacher at chance level teaches nothing: say so before distilling
-            logits = predict_logits(model, data.val.x)
+            logits = predict_logits(model, data.val)
             check_teacher(logits, data.val.y, f"teacher s{self.seed}", self.recorder.strict)
         return model.eval(), runs
 

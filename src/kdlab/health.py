@@ -26,6 +26,10 @@ class TrainingWarning(UserWarning):
     """A run finished, but what it learned is suspect (see the message)."""
 
 
+class TrainingNotice(UserWarning):
+    """Something a user should know about how a run trains (not a problem), in one line."""
+
+
 class UnhealthyRunError(KdlabError):
     """``strict: true`` and a run looks like it learned nothing."""
 

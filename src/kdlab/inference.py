@@ -8,13 +8,14 @@ the model's mode and removes its hooks the same way.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from kdlab.devices import module_device
 from kdlab.taps import capture
-from kdlab.types import ModelOutput, as_output
+from kdlab.types import Inputs, ModelOutput, as_output
 
 
 def forward_with_taps(
@@ -28,9 +29,9 @@ def forward_with_taps(
     (e.g. the model's DistributedDataParallel wrapper) makes the call instead of the model."""
     call = runner if runner is not None else model
     if not taps:
-        return as_output(call(inputs))
+        return as_output(call_model(call, inputs))
     with capture(model, taps, role) as features:
-        out = as_output(call(inputs))
+        out = as_output(call_model(call, inputs))
     out.features.update(features)
     return out
 
@@ -49,15 +50,37 @@ def eval_forward(
             module.training = flag
 
 
+class Examples(Protocol):
+    """A split that hands out model inputs by rows (kdlab.data.ArrayDataset)."""
+
+    def __len__(self) -> int: ...
+
+    def inputs(self, index: slice) -> Inputs: ...
+
+
+def call_model(model: nn.Module, inputs: Inputs) -> Any:
+    """``model(inputs)``, or ``model(**inputs)`` for keyword inputs (token ids, masks, ...)."""
+    return model(**inputs) if isinstance(inputs, dict) else model(inputs)
+
+
+def to_device(inputs: Inputs, device: torch.device) -> Inputs:
+    if isinstance(inputs, dict):
+        return {k: v.to(device) for k, v in inputs.items()}
+    return inputs.to(device)
+
+
 @torch.no_grad()
-def predict_logits(model: nn.Module, inputs: Tensor, batch_size: int = 1024) -> Tensor:
-    """Logits of ``model`` on ``inputs`` in eval mode, batched on the model's device, returned
-    on the CPU as float32; restores the previous mode."""
+def predict_logits(model: nn.Module, inputs: Tensor | Examples, batch_size: int = 1024) -> Tensor:
+    """Logits of ``model`` on ``inputs`` (a tensor, or a split's model inputs) in eval mode,
+    batched on the model's device, returned on the CPU as float32; restores the previous mode."""
     was_training, device = model.training, module_device(model)
+    rows = inputs.__getitem__ if isinstance(inputs, Tensor) else inputs.inputs
     model.eval()
     try:
         chunks = [
-            as_output(model(inputs[i : i + batch_size].to(device))).logits.float().cpu()
+            as_output(call_model(model, to_device(rows(slice(i, i + batch_size)), device)))
+            .logits.float()
+            .cpu()
             for i in range(0, len(inputs), batch_size)
         ]
     finally:
@@ -71,4 +94,12 @@ def batch_accuracy(logits: Tensor, targets: Tensor) -> Tensor:
     return (logits.detach().argmax(-1) == targets).float().mean()
 
 
-__all__ = ["batch_accuracy", "eval_forward", "forward_with_taps", "predict_logits"]
+__all__ = [
+    "Examples",
+    "batch_accuracy",
+    "call_model",
+    "eval_forward",
+    "forward_with_taps",
+    "predict_logits",
+    "to_device",
+]

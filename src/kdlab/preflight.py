@@ -24,7 +24,7 @@ from torch import nn
 from kdlab import checkpoint as ckpt
 from kdlab import distributed
 from kdlab.config import ExperimentConfig
-from kdlab.data import DataSplits, load_dataset
+from kdlab.data import DataSplits, load_dataset, with_augmentation
 from kdlab.devices import check_precision, resolve_device
 from kdlab.errors import ConfigError, KdlabError, quote, shorten
 from kdlab.freeze import train_only
@@ -45,7 +45,7 @@ def preflight(cfg: ExperimentConfig, teacher: nn.Module | None = None) -> None:
     """
     _check_devices(cfg)
     seed = cfg.seeds[0]
-    data = _load_data(cfg, seed)
+    data = load_data(cfg, seed)
     if teacher is not None:
         check_num_classes(teacher, data, "teacher")
     elif cfg.teacher is not None:
@@ -85,14 +85,15 @@ def _check_devices(cfg: ExperimentConfig) -> None:
         distributed.check_batch_size(settings.batch_size, here, f"{where}.batch_size")
 
 
-def _load_data(cfg: ExperimentConfig, seed: int) -> DataSplits:
-    """The first seed's splits, loaded exactly as the experiment loads them."""
+def load_data(cfg: ExperimentConfig, seed: int) -> DataSplits:
+    """The splits of ``seed`` as the experiment trains on them (augmentation attached)."""
     d = cfg.data
     try:
-        return load_dataset(
+        splits = load_dataset(
             d.source, root=d.root, seed=seed, val_fraction=d.val_fraction,
             test_size=d.test_size, flatten=d.flatten,
         )  # fmt: skip
+        return with_augmentation(splits, d.augment)
     except KdlabError:
         raise
     except ValueError as err:  # a size that does not fit the data, e.g. test_size

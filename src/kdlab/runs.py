@@ -33,7 +33,7 @@ from kdlab.distributed import is_main
 from kdlab.engine import Engine, EpochCallback, Trainable
 from kdlab.errors import ConfigError, StoreError
 from kdlab.health import check_history
-from kdlab.inference import predict_logits
+from kdlab.inference import call_model, predict_logits, to_device
 from kdlab.metrics import classification_metrics
 from kdlab.settings import TrainSettings
 from kdlab.store import RunRecord, RunStore
@@ -205,12 +205,12 @@ def error_text(err: BaseException) -> str:
 
 def check_num_classes(model: nn.Module, data: DataSplits, role: str) -> None:
     """Fail before training when a model's output does not have one logit per class."""
-    sample = data.train.x[:2]
+    sample = data.train.inputs(slice(2))
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = model(sample.to(module_device(model)))
+            out = call_model(model, to_device(sample, module_device(model)))
     except Exception as err:
         raise ConfigError(
             f"the {role} cannot process inputs of shape {tuple(sample.shape[1:])} from "
@@ -293,7 +293,8 @@ def _reuse(scheme: Fittable, data: DataSplits, record: RunRecord, recorder: Reco
     """A finished run's models loaded back into ``scheme`` (every trainable module from its
     final checkpoint, the evaluated model from its weights), with its stored metrics."""
     assert recorder.store is not None
-    scheme.prepare(Batch(data.train.x[:2], data.train.y[:2], torch.arange(min(2, len(data.train)))))
+    sample = data.train.inputs(slice(2))
+    scheme.prepare(Batch(sample, data.train.y[:2], torch.arange(min(2, len(data.train)))))
     if "checkpoint" in record.artefacts:
         state = ckpt.load_checkpoint(verified_artefact(record, "checkpoint"))
         for key, module in scheme.trainable().items():
@@ -363,8 +364,8 @@ def evaluate(
     ece_bins: int = 15,
 ) -> dict[str, float]:
     """Test metrics of ``model`` (and, with a teacher, how closely it follows the teacher)."""
-    logits = predict_logits(model, test.x)
-    teacher_logits = predict_logits(teacher, test.x) if teacher is not None else None
+    logits = predict_logits(model, test)
+    teacher_logits = predict_logits(teacher, test) if teacher is not None else None
     return classification_metrics(logits, test.y, teacher_logits, gamma=gamma, n_bins=ece_bins)
 
 

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 
 from kdlab import distributed
-from kdlab.health import TrainingWarning
+from kdlab.health import TrainingNotice, TrainingWarning
 from kdlab.launch import report_error
 
 console = Console()
@@ -57,7 +57,9 @@ def show_warning(
     """kdlab's own warnings (a teacher at chance, a diverged loss) as one line on stderr."""
     if not distributed.is_main():  # rank 0 says it once
         return
-    if issubclass(category, TrainingWarning):
+    if issubclass(category, TrainingNotice):
+        err_console.print(f"[bold]note:[/] {message}", highlight=False, soft_wrap=True)
+    elif issubclass(category, TrainingWarning):
         err_console.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
     else:
         default_show_warning(message, category, *args, **kwargs)

@@ -7,17 +7,22 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+#: A model's inputs for a batch: one tensor, or keyword arguments (all with the batch first).
+Inputs = Tensor | dict[str, Tensor]
+
 
 @dataclass
 class Batch:
     """One mini-batch. ``index`` holds the samples' positions in their split (for caches)."""
 
-    inputs: Tensor
+    #: A tensor, or a dict of tensors passed to the model as keyword arguments (token ids and an
+    #: attention mask).
+    inputs: Inputs
     targets: Tensor
     index: Tensor | None = None
 
     def __len__(self) -> int:
-        return int(self.inputs.shape[0])
+        return int(self.targets.shape[0])
 
 
 @dataclass

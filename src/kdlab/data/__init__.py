@@ -5,7 +5,7 @@ downloaded) and returns ``DataSplits``; ``TensorBatcher`` iterates over a split 
 """
 
 from kdlab.data.base import ArrayDataset, DataSplits, TensorBatcher, split_indices
-from kdlab.data.load import SPLIT_SEED, load_dataset
+from kdlab.data.load import SPLIT_SEED, load_dataset, with_augmentation
 from kdlab.data.source import locate
 from kdlab.data.sources import SOURCES, available_sources, get_source
 
@@ -20,4 +20,5 @@ __all__ = [
     "load_dataset",
     "locate",
     "split_indices",
+    "with_augmentation",
 ]

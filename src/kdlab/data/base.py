@@ -6,6 +6,7 @@ permutation — many times faster on a CPU than a per-sample ``DataLoader`` with
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,30 +15,69 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kdlab.data.augment import Augmenter, Draw, Normalize
 from kdlab.distributed import World, shard
-from kdlab.types import Batch
+from kdlab.types import Batch, Inputs
 
 
 @dataclass
 class ArrayDataset:
-    """Inputs ``x`` (float32 in [0, 1], shape [N, C, H, W] or [N, D]) and int64 labels ``y``."""
+    """Examples in memory: inputs ``x`` and int64 labels ``y``.
 
-    x: Tensor
+    ``x`` is float32 ([N, C, H, W] or [N, D]), uint8 images (kept compact — a quarter of the
+    memory — and scaled to [0, 1] per batch, on the batch's device), or a dict of tensors with N
+    rows each (a model's keyword arguments, e.g. token ids and an attention mask). ``augment``
+    (random ops, training batches only, applied by :class:`TensorBatcher`) and ``normalize``
+    (every split) come from ``data.augment`` (:mod:`kdlab.data.augment`).
+    """
+
+    x: Inputs
     y: Tensor
+    augment: Augmenter | None = None
+    normalize: Normalize | None = None
 
     def __post_init__(self) -> None:
-        if self.x.shape[0] != self.y.shape[0]:
+        sizes = {k: int(v.shape[0]) for k, v in _parts(self.x).items()}
+        if any(n != self.y.shape[0] for n in sizes.values()):
             raise ValueError(
-                f"inputs and labels differ in length: {self.x.shape[0]} inputs, "
-                f"{self.y.shape[0]} labels"
+                f"inputs and labels differ in length: inputs {sizes}, {self.y.shape[0]} labels"
             )
 
     def __len__(self) -> int:
-        return int(self.x.shape[0])
+        return int(self.y.shape[0])
 
     def subset(self, index: Tensor | np.ndarray) -> ArrayDataset:
         index = torch.as_tensor(index, dtype=torch.long)
-        return ArrayDataset(self.x[index], self.y[index])
+        return dataclasses.replace(self, x=take(self.x, index), y=self.y[index])
+
+    def inputs(self, index: Tensor | slice = slice(None)) -> Inputs:
+        """The model inputs of examples ``index``: as floats, normalised (never augmented)."""
+        return self.finish(take(self.x, index))
+
+    def finish(self, x: Inputs) -> Inputs:
+        """Stored inputs → model inputs: uint8 scaled to [0, 1], then ``normalize``."""
+        if isinstance(x, dict):
+            return x
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+        return self.normalize(x) if self.normalize is not None else x
+
+    @property
+    def example_shape(self) -> tuple[int, ...]:
+        """Shape of one input (of the first keyword input, for dict inputs)."""
+        first = next(iter(_parts(self.x).values()))
+        return tuple(first.shape[1:])
+
+
+def _parts(x: Inputs) -> dict[str, Tensor]:
+    return x if isinstance(x, dict) else {"x": x}
+
+
+def take(x: Inputs, index: Tensor | slice) -> Inputs:
+    """Rows ``index`` of a tensor, or of every tensor of a dict."""
+    if isinstance(x, dict):
+        return {k: v[index] for k, v in x.items()}
+    return x[index]
 
 
 @dataclass
@@ -54,7 +94,7 @@ class DataSplits:
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one input, without the batch dimension."""
-        return tuple(self.train.x.shape[1:])
+        return self.train.example_shape
 
     @property
     def in_features(self) -> int:
@@ -85,6 +125,7 @@ class TensorBatcher:
         seed: int = 0,
         drop_last: bool = False,
         world: World | None = None,
+        augment: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
@@ -96,6 +137,8 @@ class TensorBatcher:
         self.seed = seed
         self.drop_last = drop_last
         self.world = world or World(0, 1, 0)
+        #: Apply the data's augmentation (training); False: the stored examples as they are.
+        self.augment = augment
 
     def __len__(self) -> int:
         n, b = len(self.data), self.batch_size
@@ -111,13 +154,26 @@ class TensorBatcher:
             order = torch.randperm(n, generator=gen)
         else:
             order = torch.arange(n)
-        order = order.to(self.data.x.device)  # the data may live on a GPU: index it there
+        order = order.to(self.data.y.device)  # the data may live on a GPU: index it there
         for b in range(len(self)):
-            idx = shard(order[b * self.batch_size : (b + 1) * self.batch_size], self.world)
-            yield Batch(self.data.x[idx], self.data.y[idx], idx)
+            whole = order[b * self.batch_size : (b + 1) * self.batch_size]
+            idx = shard(whole, self.world)
+            x = take(self.data.x, idx)
+            if self.augment and self.data.augment is not None:
+                used = len(whole) - len(whole) % self.world.size  # the rows the ranks train on
+                x = self.data.augment(x, self._draw(epoch, b, used))
+            yield Batch(self.data.finish(x), self.data.y[idx], idx)
 
     def __iter__(self) -> Iterator[Batch]:
         return self.epoch(0)
+
+    def _draw(self, epoch: int, step: int, total: int) -> Draw:
+        """The augmentation draws of one step: seeded by (seed, epoch, step), made for the
+        whole global batch (``total`` rows), of which this rank uses its own."""
+        gen = torch.Generator(device=self.data.y.device)
+        gen.manual_seed((self.seed * 1_000_003 + epoch) * 1_000_003 + step)
+        share = total // self.world.size
+        return gen, self.world.rank * share, total
 
 
 def on_device(
@@ -127,10 +183,16 @@ def on_device(
     channels-last memory format when asked."""
     if data is None:
         return None
-    x, y = data.x.to(device), data.y.to(device)
-    if channels_last and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return data if x is data.x and y is data.y else ArrayDataset(x, y)
+    y = data.y.to(device)
+    if isinstance(data.x, dict):
+        x: Inputs = {k: v.to(device) for k, v in data.x.items()}
+        same = all(x[k] is v for k, v in data.x.items())
+    else:
+        x = data.x.to(device)
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        same = x is data.x
+    return data if same and y is data.y else dataclasses.replace(data, x=x, y=y)
 
 
 def split_indices(

@@ -11,15 +11,18 @@ Splits:
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from kdlab.data.augment import parse_augment
 from kdlab.data.base import ArrayDataset, DataSplits, split_indices
 from kdlab.data.source import RawData, Source, locate
 from kdlab.data.sources import get_source
-from kdlab.errors import DataError
+from kdlab.errors import ConfigError, DataError
 
 SPLIT_SEED = 0  # seed of every test split, fixed so all run seeds share one test set
 
@@ -100,12 +103,34 @@ def _val_train_split(
 
 
 def _to_dataset(x: np.ndarray, y: np.ndarray, index: np.ndarray, flatten: bool) -> ArrayDataset:
-    # Index the compact uint8 array first so only the kept samples are converted to float32.
+    # uint8 images stay uint8 (a quarter of float32's memory): scaled to [0, 1] per batch.
     inputs = torch.from_numpy(x[index])
-    inputs = inputs.float().div_(255.0) if x.dtype == np.uint8 else inputs.float()
+    inputs = inputs if x.dtype == np.uint8 else inputs.float()
     if flatten:
         inputs = inputs.reshape(len(index), -1)
     return ArrayDataset(inputs, torch.from_numpy(y[index]))
+
+
+def with_augmentation(splits: DataSplits, specs: list[Any] | None) -> DataSplits:
+    """``splits`` with ``data.augment``: the random ops on the training split, normalisation on
+    every split (checked against the images' channels)."""
+    augment, normalize = parse_augment(specs)
+    if augment is None and normalize is None:
+        return splits
+    shape = splits.input_shape
+    if len(shape) != 3:
+        raise ConfigError(
+            f"data.augment works on images [C, H, W], but {splits.name} gives inputs of shape "
+            f"{shape}{' (data.flatten is on: turn it off)' if len(shape) == 1 else ''}"
+        )
+    if normalize is not None:
+        normalize.check(shape[0], "data.augment")
+    return dataclasses.replace(
+        splits,
+        train=dataclasses.replace(splits.train, augment=augment, normalize=normalize),
+        val=dataclasses.replace(splits.val, normalize=normalize),
+        test=dataclasses.replace(splits.test, normalize=normalize),
+    )
 
 
 def load_dataset(

@@ -117,7 +117,7 @@ class Scheme:
     @torch.no_grad()
     def predict(self, data: ArrayDataset, batch_size: int = 1024) -> Tensor:
         """Logits of ``eval_model`` on a whole split, in eval mode."""
-        return predict_logits(self.eval_model(), data.x, batch_size)
+        return predict_logits(self.eval_model(), data, batch_size)
 
 
 def require_teacher(teacher: nn.Module | None, what: str) -> nn.Module:

@@ -99,7 +99,7 @@ def holdout_accuracy(
 ) -> float:
     """D's accuracy on teacher (real) vs generator (fake) logits of ``data``, in eval mode."""
     device = module_device(discriminator)
-    real, fake = (predict_logits(m, data.x).to(device) for m in (teacher, generator))
+    real, fake = (predict_logits(m, data).to(device) for m in (teacher, generator))
     labels = data.y.to(device)
     was_training = discriminator.training
     discriminator.eval()
@@ -137,7 +137,9 @@ def discriminator_models(ctx: DistillContext) -> tuple[list[nn.Module], list[nn.
     student, data = ctx.new_student(), ctx.data
     try:
         d = build_discriminator(data.num_classes, ctx.seed, ctx.options.discriminator)
-        check_discriminator(d, ctx.teacher or student, Batch(data.train.x[:2], data.train.y[:2]))
+        check_discriminator(
+            d, ctx.teacher or student, Batch(data.train.inputs(slice(2)), data.train.y[:2])
+        )
     except (ConfigError, ValueError) as err:
         raise ConfigError(f"distill.options.discriminator: {err}") from None
     return [student], [ctx.teacher] if ctx.teacher is not None else []

@@ -26,6 +26,7 @@ terms, so the exported student (``model.pt``) never contains them.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,7 @@ from kdlab.data import DataSplits
 from kdlab.engine import EpochCallback
 from kdlab.errors import ConfigError
 from kdlab.freeze import hold_frozen_in_eval, train_only
+from kdlab.health import TrainingNotice
 from kdlab.inference import batch_accuracy
 from kdlab.losses import Objective, Term, build_objective, check_batch_sizes, prepare_terms
 from kdlab.runs import Recorder, RunInfo, RunResult, fit
@@ -137,8 +139,18 @@ def fit_offline(
     callbacks: Sequence[EpochCallback] = (),
 ) -> RunResult:
     """Train ``model`` on ``loss`` (distilling ``teacher``, if given) and record the run."""
-    scheme = OfflineScheme(model, as_objective(loss), teacher, settings.cache_teacher)
+    cache = settings.cache_teacher
+    if cache and teacher is not None and data.train.augment is not None:
+        warnings.warn(TrainingNotice(CACHE_OFF), stacklevel=2)
+        cache = False
+    scheme = OfflineScheme(model, as_objective(loss), teacher, cache)
     return fit(scheme, data, settings, run or RunInfo(), recorder, callbacks)
+
+
+CACHE_OFF = (
+    "the teacher-logit cache is off: data.augment changes the inputs at every epoch, so the "
+    "teacher runs on each augmented batch"
+)
 
 
 @dataclass
