@@ -21,6 +21,7 @@ from torch import nn
 from kdlab import checkpoint as ckpt
 from kdlab import distributed
 from kdlab.data.base import ArrayDataset, TensorBatcher, on_device
+from kdlab.data.stream import make_batcher
 from kdlab.devices import autocast, check_precision, gradient_scaler, resolve_device
 from kdlab.errors import KdlabError
 from kdlab.guard import NonFiniteGuard
@@ -179,7 +180,7 @@ class Engine:
             start = self._restore(scheme, ckpt.load_checkpoint(self._shared_checkpoint()))
         if self.world.distributed:  # after the restore: DDP starts every rank from rank 0's state
             scheme.replicate(self._replicate)
-        batcher = TensorBatcher(train, s.batch_size, seed=self.seed, world=self.world)
+        batcher = make_batcher(train, s.batch_size, self.seed, self.world, self.device)
         with TrainingProgress(self.description, self.progress and self.world.main) as bar:
             for epoch in range(start, s.epochs):
                 row = self._train_epoch(scheme, batcher, epoch, bar)

@@ -10,6 +10,7 @@ import dataclasses
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,11 +57,30 @@ class ArrayDataset:
 
     def finish(self, x: Inputs) -> Inputs:
         """Stored inputs → model inputs: uint8 scaled to [0, 1], then ``normalize``."""
-        if isinstance(x, dict):
-            return x
-        if x.dtype == torch.uint8:
-            x = x.float().div_(255.0)
-        return self.normalize(x) if self.normalize is not None else x
+        return finish_inputs(x, self.normalize)
+
+    def on(self, device: torch.device, channels_last: bool = False) -> ArrayDataset:
+        """This split on ``device`` (itself when it is there already); images channels-last
+        when asked."""
+        y = self.y.to(device)
+        if isinstance(self.x, dict):
+            x: Inputs = {k: v.to(device) for k, v in self.x.items()}
+            same = all(x[k] is v for k, v in self.x.items())
+        else:
+            x = self.x.to(device)
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            same = x is self.x
+        return self if same and y is self.y else dataclasses.replace(self, x=x, y=y)
+
+
+def finish_inputs(x: Inputs, normalize: Normalize | None) -> Inputs:
+    """Stored inputs → model inputs: uint8 scaled to [0, 1], then ``normalize``."""
+    if isinstance(x, dict):
+        return x
+    if x.dtype == torch.uint8:
+        x = x.float().div_(255.0)
+    return normalize(x) if normalize is not None else x
 
     @property
     def example_shape(self) -> tuple[int, ...]:
@@ -148,51 +168,48 @@ class TensorBatcher:
         return n // b + (n % b >= self.world.size)
 
     def epoch(self, epoch: int = 0) -> Iterator[Batch]:
+        device = self.data.y.device  # the data may live on a GPU: index it there
+        for step, idx, used in self.plan(epoch, device):
+            yield self.finish(take(self.data.x, idx), self.data.y[idx], idx, (epoch, step, used))
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self.epoch(0)
+
+    def plan(self, epoch: int, device: torch.device) -> Iterator[tuple[int, Tensor, int]]:
+        """``(step, this rank's indices, rows the ranks train on)`` of each step of ``epoch``;
+        the order depends only on ``(seed, epoch)``."""
         n = len(self.data)
         if self.shuffle:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             order = torch.randperm(n, generator=gen)
         else:
             order = torch.arange(n)
-        order = order.to(self.data.y.device)  # the data may live on a GPU: index it there
+        order = order.to(device)
         for b in range(len(self)):
             whole = order[b * self.batch_size : (b + 1) * self.batch_size]
-            idx = shard(whole, self.world)
-            x = take(self.data.x, idx)
-            if self.augment and self.data.augment is not None:
-                used = len(whole) - len(whole) % self.world.size  # the rows the ranks train on
-                x = self.data.augment(x, self._draw(epoch, b, used))
-            yield Batch(self.data.finish(x), self.data.y[idx], idx)
+            yield b, shard(whole, self.world), len(whole) - len(whole) % self.world.size
 
-    def __iter__(self) -> Iterator[Batch]:
-        return self.epoch(0)
+    def finish(self, x: Inputs, y: Tensor, idx: Tensor, where: tuple[int, int, int]) -> Batch:
+        """The batch of stored rows ``x``: augmented (training) with the draws of ``where`` =
+        (epoch, step, rows of the global batch), then scaled and normalised."""
+        if self.augment and self.data.augment is not None:
+            assert isinstance(x, Tensor)  # augmentation is refused for keyword inputs
+            x = self.data.augment(x, self._draw(*where, device=y.device))
+        return Batch(self.data.finish(x), y, idx)
 
-    def _draw(self, epoch: int, step: int, total: int) -> Draw:
+    def _draw(self, epoch: int, step: int, total: int, device: torch.device) -> Draw:
         """The augmentation draws of one step: seeded by (seed, epoch, step), made for the
         whole global batch (``total`` rows), of which this rank uses its own."""
-        gen = torch.Generator(device=self.data.y.device)
+        gen = torch.Generator(device=device)
         gen.manual_seed((self.seed * 1_000_003 + epoch) * 1_000_003 + step)
         share = total // self.world.size
         return gen, self.world.rank * share, total
 
 
-def on_device(
-    data: ArrayDataset | None, device: torch.device, channels_last: bool = False
-) -> ArrayDataset | None:
-    """``data`` moved to ``device`` once (the same object when it is there already); images in
-    channels-last memory format when asked."""
-    if data is None:
-        return None
-    y = data.y.to(device)
-    if isinstance(data.x, dict):
-        x: Inputs = {k: v.to(device) for k, v in data.x.items()}
-        same = all(x[k] is v for k, v in data.x.items())
-    else:
-        x = data.x.to(device)
-        if channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        same = x is data.x
-    return data if same and y is data.y else dataclasses.replace(data, x=x, y=y)
+def on_device(data: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """``data`` moved to ``device`` once (the same object when it is there already, or when it
+    streams from disk); images in channels-last memory format when asked."""
+    return None if data is None else data.on(device, channels_last)
 
 
 def split_indices(
