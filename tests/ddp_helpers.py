@@ -52,8 +52,8 @@ def scheme_weights(tmp: Path) -> dict[str, Any]:
     Runs the same code in one process and in each rank: offline KD with a FitNets hint (a loss
     with an adapter), deep mutual learning (two optimizers, per-pair objectives), a WGAN-GP
     adversarial student (a critic with its own optimizer; with a gradient penalty, three critic
-    calls and a double backward per step) and an interrupted offline run resumed from its
-    checkpoint.
+    calls and a double backward per step), an augmented image run and an interrupted offline run
+    resumed from its checkpoint.
     """
     from kdlab.engine import Engine
     from kdlab.losses import build_objective
@@ -91,6 +91,20 @@ def scheme_weights(tmp: Path) -> dict[str, Any]:
         scheme = AdversarialScheme(student, teacher, critic, objective, options)
         Engine(gentle, progress=False).fit(scheme, data.train, data.val)
         out[f"wgan_{lipschitz}"] = {"student": student.state_dict(), "critic": critic.state_dict()}
+
+    # Augmented images: the draws are made for the global batch, each rank uses its rows.
+    from kdlab.data.augment import parse_augment
+
+    gen = torch.Generator().manual_seed(9)
+    images = torch.randint(0, 256, (64, 1, 6, 6), dtype=torch.uint8, generator=gen)
+    augment, _ = parse_augment([{"random_crop": {"padding": 1}}, "hflip", {"cutout": {"size": 2}}])
+    augmented = ArrayDataset(images, torch.arange(64) % 3, augment)
+    torch.manual_seed(10)  # the gp run above drew per-rank random numbers
+    student = MLP(36, hidden=[8], num_classes=3)
+    Engine(settings, progress=False).fit(
+        OfflineScheme(student, build_objective([{"type": "ce"}])), augmented
+    )
+    out["augmented"] = student.state_dict()
 
     student = mlp(7)
     kd = [{"type": "soft_target", "temperature": 2.0}]
