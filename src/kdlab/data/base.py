@@ -73,6 +73,12 @@ class ArrayDataset:
             same = x is self.x
         return self if same and y is self.y else dataclasses.replace(self, x=x, y=y)
 
+    @property
+    def example_shape(self) -> tuple[int, ...]:
+        """Shape of one input (of the first keyword input, for dict inputs)."""
+        first = next(iter(_parts(self.x).values()))
+        return tuple(first.shape[1:])
+
 
 def finish_inputs(x: Inputs, normalize: Normalize | None) -> Inputs:
     """Stored inputs → model inputs: uint8 scaled to [0, 1], then ``normalize``."""
@@ -81,12 +87,6 @@ def finish_inputs(x: Inputs, normalize: Normalize | None) -> Inputs:
     if x.dtype == torch.uint8:
         x = x.float().div_(255.0)
     return normalize(x) if normalize is not None else x
-
-    @property
-    def example_shape(self) -> tuple[int, ...]:
-        """Shape of one input (of the first keyword input, for dict inputs)."""
-        first = next(iter(_parts(self.x).values()))
-        return tuple(first.shape[1:])
 
 
 def _parts(x: Inputs) -> dict[str, Tensor]:
