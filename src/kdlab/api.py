@@ -3,6 +3,13 @@
     teacher = kdlab.train(MLP(64, [256, 256]), data, epochs=30)
     result = kdlab.distill(teacher.model, MLP(64, [16]), data, loss=hinton_loss(4.0, 0.9))
 
+``data`` is a ``DataSplits`` (``kdlab.data.load_dataset``) or your own PyTorch data: a map-style
+``Dataset`` of ``(x, y)`` pairs or a ``DataLoader`` over one (the training data: the test split
+is carved from it), ``(train, test)`` or ``(train, val, test)`` of those, or a dict with keys
+``train``, ``test`` (and ``val``) — read once into memory, see
+:func:`kdlab.data.in_memory.as_splits`. To distill from a teacher trained on the same data, turn
+it into ``DataSplits`` once (``as_splits(...)``) and pass those to both calls.
+
 Both are offline runs (:mod:`kdlab.schemes.offline`) on the one engine, recorded through
 :mod:`kdlab.runs`. Keyword options (``seed``, ``train_set``, ``store``, ``experiment``, ``role``,
 ``name``, ``config``, ``progress``, ``gamma``, ``ece_bins``, ``callbacks``) are gathered here
@@ -20,7 +27,8 @@ from typing import Any, TypedDict
 from torch import nn
 from typing_extensions import Unpack
 
-from kdlab.data import ArrayDataset, DataSplits
+from kdlab.data import ArrayDataset
+from kdlab.data.in_memory import DataLike, TorchData, as_array_dataset, as_splits
 from kdlab.engine import EpochCallback
 from kdlab.losses import CrossEntropy, Objective, hinton_loss
 from kdlab.runs import Recorder, RunInfo, RunResult, evaluate
@@ -32,7 +40,7 @@ from kdlab.store import RunStore
 class RunOptions(TypedDict, total=False):
     """Keyword options of :func:`train`, :func:`distill` and :func:`fit_model`."""
 
-    train_set: ArrayDataset  # train on these examples instead of data.train
+    train_set: ArrayDataset | TorchData  # train on these examples instead of data.train
     seed: int
     store: RunStore
     experiment: str
@@ -61,7 +69,7 @@ def _split(options: Mapping[str, Any], role: str) -> tuple[RunInfo, Recorder, di
 
 def fit_model(
     model: nn.Module,
-    data: DataSplits,
+    data: DataLike,
     loss: LossSpec | None = None,
     settings: TrainSettings | None = None,
     *,
@@ -73,11 +81,14 @@ def fit_model(
     With a ``teacher`` this is offline distillation and the test metrics include agreement with
     the teacher, KL(teacher‖student) and the distillation error Φ_γ. With a ``store`` the run,
     its history, metrics, checkpoint and final weights are recorded there (see
-    :class:`RunOptions` for every option).
+    :class:`RunOptions` for every option). ``data``: see the module docstring; a Dataset is
+    split with the run's ``seed`` (validation) and ``SPLIT_SEED`` (a carved test split).
     """
     run, recorder, rest = _split(options, "model")
+    data = as_splits(data, seed=run.seed)
     if "train_set" in rest:
-        data = dataclasses.replace(data, train=rest["train_set"])
+        train = as_array_dataset(rest["train_set"], data.num_classes)
+        data = dataclasses.replace(data, train=train)
     objective = as_objective(loss) if loss is not None else Objective([CrossEntropy()])
     return fit_offline(model, data, objective, settings or TrainSettings(), teacher, run,
                        recorder, rest.get("callbacks", ()))  # fmt: skip
@@ -85,28 +96,35 @@ def fit_model(
 
 def train(
     model: nn.Module,
-    data: DataSplits,
+    data: DataLike,
     *,
     loss: LossSpec | None = None,
     epochs: int | None = None,
     settings: TrainSettings | None = None,
     **options: Unpack[RunOptions],
 ) -> RunResult:
-    """Train a model on labels (cross-entropy unless ``loss`` says otherwise)."""
+    """Train a model on labels (cross-entropy unless ``loss`` says otherwise).
+
+    ``data``: ``DataSplits``, or a ``Dataset`` / ``DataLoader`` (or a tuple / dict of them; see
+    the module docstring), read into memory once.
+    """
     return fit_model(model, data, loss, _with_epochs(settings, epochs), **options)
 
 
 def distill(
     teacher: nn.Module,
     student: nn.Module,
-    data: DataSplits,
+    data: DataLike,
     *,
     loss: LossSpec | None = None,
     epochs: int | None = None,
     settings: TrainSettings | None = None,
     **options: Unpack[RunOptions],
 ) -> RunResult:
-    """Offline distillation; the default loss is Hinton's 0.1·CE + 0.9·T²·KL at T = 4."""
+    """Offline distillation; the default loss is Hinton's 0.1·CE + 0.9·T²·KL at T = 4.
+
+    ``data`` as for :func:`train`.
+    """
     objective = as_objective(loss) if loss is not None else Objective(hinton_loss(4.0, 0.9))
     options.setdefault("role", "distilled")
     return fit_model(student, data, objective, _with_epochs(settings, epochs), teacher=teacher,

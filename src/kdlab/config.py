@@ -15,13 +15,16 @@ from pydantic import (
     Field,
     PositiveFloat,
     PositiveInt,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
-from kdlab.data import get_source
+from kdlab.data import SourceSpec, get_source
 from kdlab.data.augment import parse_augment
+from kdlab.data.load import check_spec
 from kdlab.errors import ConfigError, quote
 from kdlab.losses import check_loss_specs
 from kdlab.models import check_model_spec
@@ -69,6 +72,9 @@ class StageConfig(Strict):
 
 
 class DataConfig(Strict):
+    #: A dataset name (``kdlab datasets``), ``folder`` (root/train/<class>/ and root/test/<class>/
+    #: image folders), ``npz`` (an .npz file of x_train, y_train, x_test, y_test) or an import
+    #: path ``package.module:function`` returning those arrays (kdlab.data.function).
     source: str = "digits"
     root: str | None = None
     val_fraction: float = Field(0.1, ge=0, lt=1)
@@ -77,6 +83,11 @@ class DataConfig(Strict):
     #: Batched augmentation of the training batches, and normalisation of every split, in order
     #: (kdlab.data.augment): e.g. [{random_crop: {padding: 4}}, hflip, {normalize: {...}}].
     augment: list[str | dict[str, Any]] | None = None
+    #: ``folder`` only: resize every image to [height, width] (Pillow bilinear); needed when the
+    #: images differ in size.
+    resize: tuple[PositiveInt, PositiveInt] | None = None
+    #: ``package.module:function`` only: the function's keyword arguments.
+    args: dict[str, Any] | None = None
 
     @field_validator("augment")
     @classmethod
@@ -87,7 +98,28 @@ class DataConfig(Strict):
     @field_validator("source")
     @classmethod
     def _known_source(cls, value: str) -> str:
-        return get_source(value).name  # raises with the valid names, closest first
+        # Raises with the valid names, closest first; an import path is imported here.
+        return get_source(value).name
+
+    @model_validator(mode="after")
+    def _options_fit_source(self) -> DataConfig:
+        check_spec(get_source(self.source), self.spec())
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Left out while unset: configs written before these keys existed keep their dump, so
+        # their fingerprint (kdlab run --resume) and the runs already stored still match.
+        data = handler(self)
+        for key in ("resize", "args"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
+
+    def spec(self) -> SourceSpec:
+        """The source with its options, as ``load_dataset`` takes it."""
+        resize = None if self.resize is None else (self.resize[0], self.resize[1])
+        return SourceSpec(self.source, resize=resize, args=dict(self.args or {}))
 
 
 class TeacherConfig(Strict):

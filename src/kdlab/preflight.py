@@ -90,7 +90,7 @@ def load_data(cfg: ExperimentConfig, seed: int) -> DataSplits:
     d = cfg.data
     try:
         splits = load_dataset(
-            d.source, root=d.root, seed=seed, val_fraction=d.val_fraction,
+            d.spec(), root=d.root, seed=seed, val_fraction=d.val_fraction,
             test_size=d.test_size, flatten=d.flatten,
         )  # fmt: skip
         return with_augmentation(splits, d.augment)

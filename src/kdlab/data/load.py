@@ -20,7 +20,7 @@ import torch
 
 from kdlab.data.augment import parse_augment
 from kdlab.data.base import ArrayDataset, DataSplits, split_indices
-from kdlab.data.source import RawData, Source, locate
+from kdlab.data.source import RawData, RawInputs, Source, SourceSpec, locate
 from kdlab.data.sources import get_source
 from kdlab.errors import ConfigError, DataError
 
@@ -38,11 +38,11 @@ def _check_size(arg: str, value: int | None, upper: int | None = None, what: str
         raise ValueError(f"{arg} must be in {allowed}, got {value}")
 
 
-def _check_labels(name: str, raw: RawData, directory: Path | None) -> None:
+def _check_labels(where: str, raw: RawData) -> None:
     """Labels must be integer class numbers below the number of class names."""
     num_classes = len(raw.class_names)
-    where = name if directory is None else f"{name} ({directory})"
-    for split, labels in (("training", raw.y_train), ("test", raw.y_test)):
+    splits = (("training", raw.y_train), ("validation", raw.y_val), ("test", raw.y_test))
+    for split, labels in splits:
         if labels is None:
             continue
         if not isinstance(labels, np.ndarray) or labels.dtype.kind not in "iu":
@@ -59,19 +59,23 @@ def _check_labels(name: str, raw: RawData, directory: Path | None) -> None:
 
 
 def _test_split(
-    source: Source, raw: RawData, test_size: int | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(x_test, y_test, test indices, training pool)``, both drawn with ``SPLIT_SEED``."""
+    name: str, raw: RawData, test_size: int | float | None
+) -> tuple[RawInputs, np.ndarray, np.ndarray, np.ndarray]:
+    """``(x_test, y_test, test indices, training pool)``, both drawn with ``SPLIT_SEED``.
+
+    Without an official test split ``test_size`` is the carved size (int) or fraction (float).
+    """
     if raw.x_test is None or raw.y_test is None:
         # No official test split: carve one, the same for every seed (SPLIT_SEED).
         n = len(raw.y_train)
-        default = source.default_test
-        size = test_size or (max(1, round(default * n)) if isinstance(default, float) else default)
-        assert size is not None
-        _check_size("test_size", size, n - 1, f"{source.name} has {n} samples, keep one to train")
+        size = max(1, round(test_size * n)) if isinstance(test_size, float) else test_size
+        if size is None:
+            raise ValueError(f"{name} has no test split: give test_size, the number to carve")
+        _check_size("test_size", size, n - 1, f"{name} has {n} samples, keep one to train")
         test_idx, pool = split_indices(raw.y_train, [size, n - size], SPLIT_SEED)
         return raw.x_train, raw.y_train, test_idx, pool
     n_test = len(raw.y_test)
+    assert not isinstance(test_size, float)  # fractions only carve
     _check_size("test_size", test_size, n_test, f"the official test set has {n_test} samples")
     if test_size is None or test_size == n_test:
         test_idx = np.arange(n_test)
@@ -102,13 +106,63 @@ def _val_train_split(
     return val_idx, train_idx
 
 
-def _to_dataset(x: np.ndarray, y: np.ndarray, index: np.ndarray, flatten: bool) -> ArrayDataset:
+def _tensor(x: np.ndarray, keep_dtype: bool) -> torch.Tensor:
     # uint8 images stay uint8 (a quarter of float32's memory): scaled to [0, 1] per batch.
-    inputs = torch.from_numpy(x[index])
-    inputs = inputs if x.dtype == np.uint8 else inputs.float()
+    # Keyword inputs (token ids, masks) keep their dtype; floats are float32 either way.
+    inputs = torch.from_numpy(np.ascontiguousarray(x))
+    if x.dtype.kind == "f" or not (keep_dtype or x.dtype == np.uint8):
+        inputs = inputs.float()
+    return inputs
+
+
+def to_dataset(x: RawInputs, y: np.ndarray, index: np.ndarray, flatten: bool) -> ArrayDataset:
+    if isinstance(x, dict):  # keyword inputs: every array indexed alike, never flattened
+        return ArrayDataset({k: _tensor(v[index], True) for k, v in x.items()},
+                            torch.from_numpy(y[index]))  # fmt: skip
+    inputs = _tensor(x[index], False)
     if flatten:
         inputs = inputs.reshape(len(index), -1)
     return ArrayDataset(inputs, torch.from_numpy(y[index]))
+
+
+def build_splits(
+    name: str,
+    raw: RawData,
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_size: int | float | None = None,
+    train_subset: int | None = None,
+    flatten: bool = False,
+    where: str | None = None,
+) -> DataSplits:
+    """``raw`` checked and split as :func:`load_dataset` splits a source's data (see there).
+
+    A validation split of ``raw``'s own (``x_val``) is used as it is, ``val_fraction`` aside.
+    ``test_size`` of a ``raw`` without a test split may be a fraction (float) to carve. ``where``
+    names the data in error messages (default ``name``).
+    """
+    _check_labels(where or name, raw)
+    if flatten and isinstance(raw.x_train, dict):
+        raise ConfigError(
+            f"data.flatten works on array inputs, but {name} gives keyword inputs "
+            f"({', '.join(raw.x_train)}): turn flatten off"
+        )
+    x_test, y_test, test_idx, pool = _test_split(name, raw, test_size)
+    if raw.x_val is not None and raw.y_val is not None:
+        _, train_idx = _val_train_split(raw.y_train, pool, 0.0, train_subset, seed)
+        val = to_dataset(raw.x_val, raw.y_val, np.arange(len(raw.y_val)), flatten)
+    else:
+        val_idx, train_idx = _val_train_split(raw.y_train, pool, val_fraction, train_subset, seed)
+        val = to_dataset(raw.x_train, raw.y_train, val_idx, flatten)
+    return DataSplits(
+        name=name,
+        train=to_dataset(raw.x_train, raw.y_train, train_idx, flatten),
+        val=val,
+        test=to_dataset(x_test, y_test, test_idx, flatten),
+        num_classes=len(raw.class_names),
+        class_names=list(raw.class_names),
+    )
 
 
 def with_augmentation(splits: DataSplits, specs: list[Any] | None) -> DataSplits:
@@ -134,7 +188,7 @@ def with_augmentation(splits: DataSplits, specs: list[Any] | None) -> DataSplits
 
 
 def load_dataset(
-    name: str,
+    name: str | SourceSpec,
     *,
     root: str | Path | None = None,
     seed: int = 0,
@@ -150,27 +204,47 @@ def load_dataset(
     int64. Files are looked for in ``root/<name>/``, ``root/``, ``$KDLAB_DATA/<name>/``,
     ``~/.kdlab/data/<name>/`` and, for some sources, system folders (see ``search_dirs``).
 
+    Your own data: ``"folder"`` (``root`` holds ``train/<class>/`` and ``test/<class>/`` image
+    folders), ``"npz"`` (``root`` is an .npz file, or a folder holding one) and
+    ``"package.module:function"`` (a function returning the arrays); these read ``root`` itself
+    and take options through ``name=SourceSpec(name, resize=..., args=...)``.
+
     ``test_size`` shrinks the official test set, or sets the size of the carved one (default 500
     for ``digits``, 10% for ``notmnist``); test splits always use ``SPLIT_SEED``. ``seed`` draws
     the validation split (``val_fraction`` of the training data) and ``train_subset`` (that many
     labelled training examples, stratified). ``strict`` makes unreadable images an error instead
     of a skip with a warning (notMNIST only; other readers always raise on damaged files).
     """
-    source = get_source(name)
+    spec = name if isinstance(name, SourceSpec) else SourceSpec(name)
+    source = get_source(spec.name)
+    check_spec(source, spec)
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     for arg, value in (("test_size", test_size), ("train_subset", train_subset)):
         _check_size(arg, value)  # cheap checks before reading any file
-    directory = locate(source, root) if source.find is not None else None
-    raw = source.read(directory, strict)
-    _check_labels(source.name, raw, directory)
-    x_test, y_test, test_idx, pool = _test_split(source, raw, test_size)
-    val_idx, train_idx = _val_train_split(raw.y_train, pool, val_fraction, train_subset, seed)
-    return DataSplits(
-        name=source.name,
-        train=_to_dataset(raw.x_train, raw.y_train, train_idx, flatten),
-        val=_to_dataset(raw.x_train, raw.y_train, val_idx, flatten),
-        test=_to_dataset(x_test, y_test, test_idx, flatten),
-        num_classes=len(raw.class_names),
-        class_names=list(raw.class_names),
-    )
+    if source.read_own is not None:  # the user's own data: root itself, no search path
+        directory = None if root is None else Path(root).expanduser()
+        raw = source.read_own(directory, spec)
+    else:
+        directory = locate(source, root) if source.find is not None else None
+        raw = source.read(directory, strict)
+    return build_splits(
+        source.name, raw, seed=seed, val_fraction=val_fraction,
+        test_size=source.default_test if test_size is None else test_size,
+        train_subset=train_subset, flatten=flatten,
+        where=source.name if directory is None else f"{source.name} ({directory})",
+    )  # fmt: skip
+
+
+def check_spec(source: Source, spec: SourceSpec) -> None:
+    """The spec's options must be ones ``source`` takes (a resize the reader ignores would
+    silently train on other images than the user asked for)."""
+    given = [k for k in ("resize", "args") if getattr(spec, k)]
+    wrong = [k for k in given if k not in source.options]
+    if wrong:
+        takes = f"it takes {', '.join(sorted(source.options))}" if source.options else ""
+        raise ConfigError(
+            f"data.{wrong[0]} does not apply to source {source.name!r}"
+            f"{f' ({takes})' if takes else ''}; resize is for source folder, args for a "
+            "source 'package.module:function': remove it"
+        )

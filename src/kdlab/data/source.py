@@ -7,9 +7,10 @@ its own sources next to its reader without importing the registry that lists it.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,15 +23,39 @@ SYSTEM_DIRS: dict[str, tuple[Path, ...]] = {
 }
 
 
+#: Inputs as readers return them: one array, or a dict of arrays with N rows each (a model's
+#: keyword inputs, e.g. token ids and an attention mask).
+RawInputs = np.ndarray | dict[str, np.ndarray]
+
+
 @dataclass
 class RawData:
     """What a reader returns: uint8 images (or floats already in [0, 1]) and int64 labels."""
 
-    x_train: np.ndarray
+    x_train: RawInputs
     y_train: np.ndarray
-    x_test: np.ndarray | None  # None: no official test split, one is carved from the data
+    x_test: RawInputs | None  # None: no official test split, one is carved from the data
     y_test: np.ndarray | None
     class_names: list[str]
+    #: A validation split of the source's own (the user's data may bring one); None: drawn from
+    #: the training data with the run's seed.
+    x_val: RawInputs | None = None
+    y_val: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A source name with the options of the sources that take some (the user's own data).
+
+    ``load_dataset(SourceSpec("folder", resize=(32, 32)), root="pets")``; a plain name is
+    ``SourceSpec(name)``. Grouped here so that ``load_dataset`` keeps its short signature.
+    """
+
+    name: str
+    #: ``folder`` only: resize every image to (height, width), Pillow bilinear.
+    resize: tuple[int, int] | None = None
+    #: ``package.module:function`` only: keyword arguments of the call.
+    args: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -42,6 +67,11 @@ class Source:
     find: Callable[[Path], Path | None] | None  # folder → data folder in it; None: bundled
     how_to_get: str  # "{target}" is replaced with the folder suggested to the user
     default_test: int | float | None = None  # carved test size (int) or fraction (float)
+    #: Sources of the user's own data: read ``root`` itself (a folder or a file, None when not
+    #: given: no search path) with the spec's options, instead of ``find`` + ``read``.
+    read_own: Callable[[Path | None, SourceSpec], RawData] | None = None
+    #: The ``SourceSpec`` options this source takes (others are an error naming them).
+    options: frozenset[str] = frozenset()
 
 
 def search_dirs(name: str, root: str | Path | None = None) -> list[tuple[Path | None, str]]:

@@ -1,12 +1,14 @@
 """The registry: every dataset ``load_dataset`` accepts, in the order they are listed.
 
 Each reader module declares its own ``SOURCES`` next to its reader, so adding a dataset is one
-reader file plus one line here.
+reader file plus one line here. Besides these names, a source may be an import path
+``package.module:function`` (:mod:`kdlab.data.function`): a function of yours returning the arrays.
 """
 
 from __future__ import annotations
 
-from kdlab.data import cifar, digits, idx, multiview, notmnist, svhn
+from kdlab.data import cifar, digits, folder, idx, multiview, notmnist, npz, svhn
+from kdlab.data.function import function_source, is_import_path
 from kdlab.data.source import Source
 from kdlab.errors import ranked
 
@@ -17,6 +19,8 @@ _DECLARED: tuple[Source, ...] = (
     *svhn.SOURCES,
     *notmnist.SOURCES,
     *cifar.SOURCES,  # cifar10, cifar100
+    *folder.SOURCES,  # your own images: root/train/<class>/, root/test/<class>/
+    *npz.SOURCES,  # your own arrays in an .npz file
 )
 SOURCES: dict[str, Source] = {s.name: s for s in _DECLARED}
 assert len(SOURCES) == len(_DECLARED), "two declared sources share a name"
@@ -24,18 +28,25 @@ _ALIASES = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar-100":
 
 
 def available_sources() -> list[str]:
-    """Names ``load_dataset`` accepts (whether or not their files are on this machine)."""
+    """Names ``load_dataset`` accepts (whether or not their files are on this machine); import
+    paths ``package.module:function`` besides."""
     return list(SOURCES)
 
 
 def get_source(name: str) -> Source:
-    """The source called ``name`` (case and ``_``/``-`` insensitive), or a ValueError."""
+    """The source called ``name`` (case and ``_``/``-`` insensitive), or a ValueError.
+
+    An import path ``package.module:function`` is imported here: a wrong one is a ConfigError.
+    """
+    if is_import_path(name):
+        return function_source(name.strip())
     key = name.strip().lower().replace("_", "-")
     key = _ALIASES.get(key, key)
     if key in SOURCES:
         return SOURCES[key]
     raise ValueError(
-        f"unknown dataset {name!r}; valid names (closest first): {ranked(key, SOURCES)}"
+        f"unknown dataset {name!r}; valid names (closest first): {ranked(key, SOURCES)}; or "
+        "'package.module:function', a function of yours returning the arrays"
     )
 
 
