@@ -7,6 +7,7 @@ result = kdlab.distill(teacher, student_model, data)
 
 from kdlab.api import RunResult, distill, evaluate, fit_model, train
 from kdlab.errors import ConfigError, DataError, KdlabError, NonFiniteLossError, StoreError
+from kdlab.models import select_output
 
 __version__ = "0.1.0"
 
@@ -21,5 +22,6 @@ __all__ = [
     "distill",
     "evaluate",
     "fit_model",
+    "select_output",
     "train",
 ]

@@ -31,9 +31,9 @@ from kdlab.data import ArrayDataset, DataSplits
 from kdlab.devices import module_device
 from kdlab.distributed import is_main
 from kdlab.engine import Engine, EpochCallback, Trainable
-from kdlab.errors import ConfigError, StoreError
+from kdlab.errors import ConfigError, StoreError, shorten
 from kdlab.health import check_history
-from kdlab.inference import call_model, predict_logits, to_device
+from kdlab.inference import call_model, describe_inputs, model_output, predict_logits, to_device
 from kdlab.metrics import classification_metrics
 from kdlab.settings import TrainSettings
 from kdlab.store import RunRecord, RunStore
@@ -204,30 +204,36 @@ def error_text(err: BaseException) -> str:
 
 
 def check_num_classes(model: nn.Module, data: DataSplits, role: str) -> None:
-    """Fail before training when a model's output does not have one logit per class."""
+    """Fail before training when a model's logits do not have one entry per class.
+
+    The logits are read from the model's output as training reads them
+    (:func:`kdlab.inference.model_output`), so a tuple, dict or Hugging Face output is checked
+    by the logits it holds, and an output selection that does not fit fails here.
+    """
     sample = data.train.inputs(slice(2))
+    rows = min(2, len(data.train))
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = call_model(model, to_device(sample, module_device(model)))
+            raw = call_model(model, to_device(sample, module_device(model)))
     except Exception as err:
         raise ConfigError(
-            f"the {role} cannot process inputs of shape {tuple(sample.shape[1:])} from "
-            f"{data.name}: {err}"
+            f"the {role} cannot process inputs of shape {describe_inputs(sample)} from "
+            f"{data.name}: {type(err).__name__}: {shorten(' '.join(str(err).split()), 300)}"
         ) from err
     finally:
         model.train(was_training)
-    logits = getattr(out, "logits", out)
-    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (
-        len(sample),
-        data.num_classes,
-    ):
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+    logits = model_output(model, raw, role).logits
+    shape = tuple(logits.shape)
+    if shape != (rows, data.num_classes):
+        fixes = [f"set its num_classes to {data.num_classes}"] if shape[:1] == (rows,) else []
+        if not isinstance(raw, torch.Tensor):  # the selected part may not be the logits
+            fixes.append("select its logits with output_index / output_key")
         raise ConfigError(
-            f"the {role} outputs {shape} for a batch of {len(sample)}, but {data.name} has "
-            f"{data.num_classes} classes: it must return logits of shape [batch, "
-            f"{data.num_classes}] (set its num_classes to {data.num_classes})"
+            f"the {role} outputs {shape} for a batch of {rows}, but {data.name} has "
+            f"{data.num_classes} classes: its logits must have shape [batch, "
+            f"{data.num_classes}]" + (f" ({', or '.join(fixes)})" if fixes else "")
         )
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor
 
 #: A model's inputs for a batch: one tensor, or keyword arguments (all with the batch first).
@@ -27,7 +26,10 @@ class Batch:
 
 @dataclass
 class ModelOutput:
-    """What a loss term sees of one model on one batch: its logits and any tapped features."""
+    """What a loss term sees of one model on one batch: its logits and any tapped features.
+
+    Built from whatever the model returned by :func:`kdlab.inference.model_output`.
+    """
 
     logits: Tensor
     features: dict[str, Tensor] = field(default_factory=dict)
@@ -42,15 +44,3 @@ class LossOutput:
 
     total: Tensor
     terms: dict[str, Tensor]
-
-
-def as_output(value: Tensor | ModelOutput) -> ModelOutput:
-    """Wrap a plain logits tensor (what any ``nn.Module`` classifier returns) in a ModelOutput."""
-    if isinstance(value, ModelOutput):
-        return value
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(
-            "a model must return a logits tensor of shape [batch, classes], "
-            f"got {type(value).__name__}"
-        )
-    return ModelOutput(value)

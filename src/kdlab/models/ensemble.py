@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from kdlab.divergences import at_least_float32, log_mean_exp
 from kdlab.errors import ConfigError
-from kdlab.types import as_output
+from kdlab.inference import model_output
 
 
 class EnsembleTeacher(nn.Module):
@@ -62,10 +63,12 @@ class EnsembleTeacher(nn.Module):
         self.members = nn.ModuleList(models)
         self.temperature = temperature
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, *args: Any, **kwargs: Any) -> Tensor:
+        # Any inputs, passed on as given: one tensor, or keyword inputs (token ids, masks).
         log_probs = []
-        for member in self.members:
-            logits = at_least_float32(as_output(member(x)).logits)
+        for i, member in enumerate(self.members):
+            raw = member(*args, **kwargs)
+            logits = at_least_float32(model_output(member, raw, f"ensemble member {i}").logits)
             log_probs.append(torch.log_softmax(logits / self.temperature, dim=-1))
         shapes = {i: lp.shape[-1] for i, lp in enumerate(log_probs)}
         if len(set(shapes.values())) > 1:

@@ -33,7 +33,7 @@ from kdlab.models import build_model
 from kdlab.runs import Recorder, RunInfo, check_num_classes
 from kdlab.seeding import derived_seed
 from kdlab.settings import Strict, TrainSettings
-from kdlab.types import Batch, ModelOutput
+from kdlab.types import Batch, Inputs, ModelOutput
 
 
 class Scheme:
@@ -108,7 +108,7 @@ class Scheme:
         return getattr(self, "_replicas", {}).get(id(module), module)
 
     def forward(
-        self, model: nn.Module, inputs: Tensor, taps: Sequence[str] = (), role: str = "model"
+        self, model: nn.Module, inputs: Inputs, taps: Sequence[str] = (), role: str = "model"
     ) -> ModelOutput:
         """Run ``model`` (through its replica) and capture the outputs of the modules at
         ``taps`` (by path)."""

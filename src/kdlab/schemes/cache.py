@@ -13,7 +13,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from kdlab.types import Batch, as_output
+from kdlab.data.base import take
+from kdlab.inference import call_model, model_output
+from kdlab.types import Batch, Inputs
 
 
 class TeacherCache:
@@ -49,9 +51,9 @@ class TeacherCache:
             self.filled = torch.cat([self.filled, more])
         missing = ~self.filled[index]
         if missing.any():
-            self.logits[index[missing]] = self._teacher(batch.inputs[missing])
+            self.logits[index[missing]] = self._teacher(take(batch.inputs, missing))
             self.filled[index[missing]] = True
         return self.logits[index]
 
-    def _teacher(self, inputs: Tensor) -> Tensor:
-        return as_output(self.teacher(inputs)).logits
+    def _teacher(self, inputs: Inputs) -> Tensor:
+        return model_output(self.teacher, call_model(self.teacher, inputs), "teacher").logits
