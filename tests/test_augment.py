@@ -165,8 +165,9 @@ def test_the_teacher_cache_turns_off_with_augmentation_with_a_note() -> None:
     teacher = build_model({"type": "mlp", "hidden": [8]}, (1, 6, 6), 3, seed=1).eval()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fit_offline(build_model({"type": "mlp", "hidden": [4]}, (1, 6, 6), 3, seed=2), splits,
-                    [{"type": "soft_target"}], TrainSettings(epochs=1, batch_size=16), teacher)  # fmt: skip
+        student = build_model({"type": "mlp", "hidden": [4]}, (1, 6, 6), 3, seed=2)
+        settings = TrainSettings(epochs=1, batch_size=16)
+        fit_offline(student, splits, [{"type": "soft_target"}], settings, teacher)
     notes = [w for w in caught if issubclass(w.category, TrainingNotice)]
     assert len(notes) == 1 and "teacher-logit cache is off" in str(notes[0].message)
 
