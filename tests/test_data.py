@@ -374,7 +374,7 @@ def test_unknown_source_lists_closest_first() -> None:
         load_dataset("minst")
     assert all(name in str(e.value) for name in available_sources())
     assert available_sources()[:3] == ["digits", "multiview", "mnist"]
-    assert len(available_sources()) == 11  # and the import paths of your own functions
+    assert len(available_sources()) == 12  # and the import paths of your own functions
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

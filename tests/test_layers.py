@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, dict[str, list[str]]]] = [
     ("building blocks", {"losses": ["kdlab.losses.*"], "models": ["kdlab.models.*"],
                          "data": ["kdlab.data.*"]}),
     ("config", {"config": ["kdlab.config", "kdlab.yamlfile", "kdlab.schemes",
-                           "kdlab.schemes.registry"]}),
+                           "kdlab.schemes.registry", "kdlab.overrides"]}),
     ("engine", {"engine": ["kdlab.engine", "kdlab.optim", "kdlab.guard"],
                 "store": ["kdlab.store.*"]}),
     ("runs", {"runs": ["kdlab.runs", "kdlab.health"]}),

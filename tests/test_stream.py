@@ -74,3 +74,50 @@ def test_a_mapped_split_is_not_read_whole_and_pickles_without_its_pages(tmp_path
     assert isinstance(mapped.array, np.memmap)
     assert len(pickle.dumps(mapped)) < 4000  # the worker gets a path, not the array
     assert torch.equal(mapped.in_memory().inputs(), mapped.inputs())
+
+
+def npy_folder(folder: Path) -> Path:
+    rng = np.random.default_rng(1)
+    folder.mkdir()
+    for split, n in (("train", 120), ("test", 40)):
+        np.save(folder / f"x_{split}.npy", rng.integers(0, 256, (n, 1, 6, 6), dtype=np.uint8))
+        np.save(folder / f"y_{split}.npy", np.arange(n) % 3)
+    (folder / "class_names.txt").write_text("a\nb\nc\n")
+    return folder
+
+
+@pytest.mark.filterwarnings("ignore::kdlab.health.TrainingWarning")  # random labels
+def test_data_stream_in_a_config_chooses_the_path_and_trains_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kdlab.config import parse_config
+    from kdlab.experiment import run_experiment
+    from kdlab.preflight import load_data
+
+    monkeypatch.setenv("KDLAB_CACHE", str(tmp_path / "cache"))
+    root = npy_folder(tmp_path / "mine")
+    train = {"epochs": 2, "batch_size": 16, "optimizer": {"name": "sgd", "lr": 0.1}}
+    base = {"name": "s", "seeds": [0],
+            "teacher": {"model": {"type": "mlp", "hidden": [8]}, "train": train},
+            "student": {"model": {"type": "mlp", "hidden": [4]}, "train": train}}  # fmt: skip
+
+    def config(**data: object):
+        return parse_config({**base, "data": {"source": "npy", "root": str(root), **data}})
+
+    kinds = {}
+    for name, data in {"auto": {}, "tiny budget": {"memory_budget_gb": 1e-9},
+                       "off": {"stream": False, "memory_budget_gb": 1e-9},
+                       "on": {"stream": True}}.items():  # fmt: skip
+        splits = load_data(config(**data), 0)
+        kinds[name] = type(splits.train).__name__
+        assert splits.class_names == ["a", "b", "c"] and splits.input_shape == (1, 6, 6)
+    assert kinds == {"auto": "ArrayDataset", "tiny budget": "MappedDataset",
+                     "off": "ArrayDataset", "on": "MappedDataset"}  # fmt: skip
+    assert load_data(config(stream=True), 0).train.path == root / "x_train.npy"  # no copy made
+    metrics = [{r.role: r.metrics for r in run_experiment(config(stream=s), progress=False).runs}
+               for s in (False, True)]  # fmt: skip
+    assert metrics[0] == metrics[1]  # the same numbers from disk as from memory
+    digits = parse_config({**base, "data": {"source": "digits", "stream": True}})
+    streamed = load_data(digits, 0).train
+    assert isinstance(streamed, MappedDataset) and streamed.path.parent == tmp_path / "cache"
+    assert "stream" not in parse_config({**base, "data": {"source": "digits"}}).model_dump()["data"]

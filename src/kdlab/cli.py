@@ -38,6 +38,20 @@ StoreOpt = Annotated[
     typer.Option("--store", help=f"Run store folder [default: $KDLAB_STORE or ./{DEFAULT_STORE}]"),
 ]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars.")]
+OverridesArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Overrides key.path=value, e.g. distill.loss.1.temperature=8.", show_default=False
+    ),
+]
+
+
+def _load(config: Path, overrides: list[str] | None) -> Any:
+    """The config file with the command line's ``key.path=value`` overrides, validated."""
+    from kdlab.config import load_config
+    from kdlab.overrides import apply_overrides
+
+    return apply_overrides(load_config(config), overrides or [], str(config))
 
 
 def command(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -106,6 +120,7 @@ def quickstart(
 @command
 def run(
     config: Annotated[Path, typer.Argument(help="Experiment YAML file.")],
+    overrides: OverridesArg = None,
     store: StoreOpt = None,
     seeds: Annotated[str | None, typer.Option(help="Override the config's seeds: 0,1,2")] = None,
     data_root: Annotated[
@@ -132,16 +147,16 @@ def run(
     ] = None,
 ) -> None:
     """Run an experiment: per seed, teacher, student alone and distilled student."""
-    from kdlab.config import load_config
     from kdlab.experiment import run_experiment
     from kdlab.report import RunRow, gain, rich_table, summarize
 
     options = {"--seeds": seeds, "--data-root": data_root, "--device": device,
                "--precision": precision}  # fmt: skip
-    cfg = _with_overrides(load_config(config), config, options)
+    cfg = _with_overrides(_load(config, overrides), config, options)
     if nproc is not None and not distributed.world().distributed:
         _launch(nproc, cfg)
-    again = ["kdlab run", str(config), *(["--store", str(store)] if store else []),
+    again = ["kdlab run", str(config), *(overrides or []),
+             *(["--store", str(store)] if store else []),
              *(f"{k} {v}" for k, v in options.items() if v), "--resume"]  # fmt: skip
     with _store(store) as run_store, interruptible(" ".join(again)):
         result = run_experiment(cfg, run_store, progress=progress, resume=resume)
@@ -195,17 +210,19 @@ def _with_overrides(cfg: Any, source: Path, options: dict[str, Any]) -> Any:
 
 
 @command
-def validate(config: Annotated[Path, typer.Argument(help="Experiment YAML file.")]) -> None:
+def validate(
+    config: Annotated[Path, typer.Argument(help="Experiment YAML file.")],
+    overrides: OverridesArg = None,
+) -> None:
     """Check an experiment file without running it: schema, data, models, weights, taps.
 
     Loads the data of the first seed, builds every model and passes two samples through it,
     loads the teacher's weights files and finds the loss terms' taps: seconds, no training.
     """
-    from kdlab.config import load_config
     from kdlab.errors import shorten
     from kdlab.preflight import preflight
 
-    cfg = load_config(config)
+    cfg = _load(config, overrides)
     preflight(cfg)
     seeds = shorten(str(cfg.seeds), 200)
     line = f"{config}: valid ({cfg.name}, seeds {seeds}, data {cfg.data.source})"

@@ -88,6 +88,10 @@ class DataConfig(Strict):
     resize: tuple[PositiveInt, PositiveInt] | None = None
     #: ``package.module:function`` only: the function's keyword arguments.
     args: dict[str, Any] | None = None
+    #: Stream the splits from disk (true) or keep them in memory (false); unset: stream
+    #: memory-mapped arrays (``source: npy``) larger than ``memory_budget_gb`` (kdlab.data.stream).
+    stream: bool | None = None
+    memory_budget_gb: PositiveFloat = 4.0
 
     @field_validator("augment")
     @classmethod
@@ -111,15 +115,22 @@ class DataConfig(Strict):
         # Left out while unset: configs written before these keys existed keep their dump, so
         # their fingerprint (kdlab run --resume) and the runs already stored still match.
         data = handler(self)
-        for key in ("resize", "args"):
-            if data.get(key) is None:
+        for key, default in DATA_DEFAULTS.items():
+            if data.get(key) == default:
                 data.pop(key, None)
         return data
 
     def spec(self) -> SourceSpec:
         """The source with its options, as ``load_dataset`` takes it."""
         resize = None if self.resize is None else (self.resize[0], self.resize[1])
-        return SourceSpec(self.source, resize=resize, args=dict(self.args or {}))
+        return SourceSpec(self.source, resize=resize, args=dict(self.args or {}),
+                          stream=self.stream, memory_budget_gb=self.memory_budget_gb)  # fmt: skip
+
+
+#: Keys of ``data`` left out of a config's dump at these values (they came after configs that
+#: are already stored: their fingerprints must not change).
+DATA_DEFAULTS = {"resize": None, "args": None, "augment": None, "stream": None,
+                 "memory_budget_gb": 4.0}  # fmt: skip
 
 
 class TeacherConfig(Strict):

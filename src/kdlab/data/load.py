@@ -22,6 +22,7 @@ from kdlab.data.augment import parse_augment
 from kdlab.data.base import ArrayDataset, DataSplits, split_indices
 from kdlab.data.source import RawData, RawInputs, Source, SourceSpec, locate
 from kdlab.data.sources import get_source
+from kdlab.data.stream import DiskArray, MappedDataset, streamed_inputs
 from kdlab.errors import ConfigError, DataError
 
 SPLIT_SEED = 0  # seed of every test split, fixed so all run seeds share one test set
@@ -115,7 +116,11 @@ def _tensor(x: np.ndarray, keep_dtype: bool) -> torch.Tensor:
     return inputs
 
 
-def to_dataset(x: RawInputs, y: np.ndarray, index: np.ndarray, flatten: bool) -> ArrayDataset:
+def to_dataset(
+    x: RawInputs | DiskArray, y: np.ndarray, index: np.ndarray, flatten: bool
+) -> ArrayDataset | MappedDataset:
+    if isinstance(x, DiskArray):  # streamed: the rows of the file, read batch by batch
+        return MappedDataset(x.path, index, torch.from_numpy(y[index]), flatten=flatten)
     if isinstance(x, dict):  # keyword inputs: every array indexed alike, never flattened
         return ArrayDataset({k: _tensor(v[index], True) for k, v in x.items()},
                             torch.from_numpy(y[index]))  # fmt: skip
@@ -228,12 +233,22 @@ def load_dataset(
     else:
         directory = locate(source, root) if source.find is not None else None
         raw = source.read(directory, strict)
+    raw = _streamed(raw, spec, source.name)
     return build_splits(
         source.name, raw, seed=seed, val_fraction=val_fraction,
         test_size=source.default_test if test_size is None else test_size,
         train_subset=train_subset, flatten=flatten,
         where=source.name if directory is None else f"{source.name} ({directory})",
     )  # fmt: skip
+
+
+def _streamed(raw: RawData, spec: SourceSpec, name: str) -> RawData:
+    """``raw`` with the inputs that stream replaced by the ``.npy`` files they stream from."""
+    budget = spec.memory_budget_gb * 2**30
+    return dataclasses.replace(raw, **{
+        key: streamed_inputs(getattr(raw, key), spec.stream, budget, f"{name}-{key}")
+        for key in ("x_train", "x_test", "x_val")
+    })  # fmt: skip
 
 
 def check_spec(source: Source, spec: SourceSpec) -> None:

@@ -56,6 +56,10 @@ class SourceSpec:
     resize: tuple[int, int] | None = None
     #: ``package.module:function`` only: keyword arguments of the call.
     args: Mapping[str, Any] = field(default_factory=dict)
+    #: Every source: stream the splits from disk (True), keep them in memory (False), or stream
+    #: memory-mapped arrays above ``memory_budget_gb`` (None) — :mod:`kdlab.data.stream`.
+    stream: bool | None = None
+    memory_budget_gb: float = 4.0
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ reader file plus one line here. Besides these names, a source may be an import p
 
 from __future__ import annotations
 
-from kdlab.data import cifar, digits, folder, idx, multiview, notmnist, npz, svhn
+from kdlab.data import cifar, digits, folder, idx, multiview, notmnist, npy, npz, svhn
 from kdlab.data.function import function_source, is_import_path
 from kdlab.data.source import Source
 from kdlab.errors import ranked
@@ -21,6 +21,7 @@ _DECLARED: tuple[Source, ...] = (
     *cifar.SOURCES,  # cifar10, cifar100
     *folder.SOURCES,  # your own images: root/train/<class>/, root/test/<class>/
     *npz.SOURCES,  # your own arrays in an .npz file
+    *npy.SOURCES,  # your own arrays as .npy files, memory-mapped (they may stream)
 )
 SOURCES: dict[str, Source] = {s.name: s for s in _DECLARED}
 assert len(SOURCES) == len(_DECLARED), "two declared sources share a name"

@@ -1,5 +1,10 @@
 """Data that stays on disk: memory-mapped ``.npy`` arrays, read batch by batch.
 
+``data.stream: true`` streams every split; unset (auto), a split whose source arrays are
+memory-mapped (``source: npy``) streams when its images exceed ``data.memory_budget_gb``.
+Arrays that a reader decoded into memory are written once to a ``.npy`` cache to stream
+(``$KDLAB_CACHE`` or ``~/.kdlab/cache``, named by their content's hash).
+
 A :class:`MappedDataset` is a split of an on-disk array (the rows of ``x_train.npy`` that form
 it) with its labels in memory. :class:`StreamBatcher` reads each batch's rows in
 ``torch.utils.data.DataLoader`` workers (rows read in file order, pinned memory on CUDA, batches
@@ -12,6 +17,7 @@ of the batches in flight, not the data set.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,6 +48,8 @@ class MappedDataset:
     y: Tensor
     augment: Augmenter | None = None
     normalize: Normalize | None = None
+    #: Rows read as flat vectors (``data.flatten``).
+    flatten: bool = False
 
     def __post_init__(self) -> None:
         self.rows = np.asarray(self.rows, dtype=np.int64)
@@ -63,7 +71,8 @@ class MappedDataset:
 
     @property
     def example_shape(self) -> tuple[int, ...]:
-        return tuple(self.array.shape[1:])
+        shape = tuple(self.array.shape[1:])
+        return (int(np.prod(shape)),) if self.flatten else shape
 
     def subset(self, index: Tensor | np.ndarray) -> MappedDataset:
         index = np.asarray(torch.as_tensor(index, dtype=torch.long))
@@ -75,7 +84,8 @@ class MappedDataset:
         order = np.argsort(rows, kind="stable")
         block = np.empty((len(rows), *self.array.shape[1:]), dtype=self.array.dtype)
         block[order] = self.array[rows[order]]  # sorted rows: sequential reads of the file
-        return torch.from_numpy(block)
+        out = torch.from_numpy(block)
+        return out.reshape(len(rows), -1) if self.flatten else out
 
     def inputs(self, index: Tensor | slice = slice(None)) -> Inputs:
         return self.finish(self.read(index))
@@ -136,6 +146,57 @@ class StreamBatcher(TensorBatcher):
             yield self.finish(x, y, idx.to(self.device), (epoch, step, used))
 
 
+@dataclass(frozen=True)
+class DiskArray:
+    """An ``.npy`` file standing in for an array a reader returned: its splits stream."""
+
+    path: Path
+    shape: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
+def mapped_file(x: Any) -> Path | None:
+    """The ``.npy`` file behind ``x`` when ``x`` is a whole memory-mapped array, else None."""
+    while isinstance(x, np.ndarray):
+        if isinstance(x, np.memmap) and x.filename and x.offset is not None:
+            whole = np.load(x.filename, mmap_mode="r") if str(x.filename).endswith(".npy") else None
+            return Path(x.filename) if whole is not None and whole.shape == x.shape else None
+        x = x.base
+    return None
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("KDLAB_CACHE", Path.home() / ".kdlab" / "cache")).expanduser()
+
+
+def to_disk(x: np.ndarray, name: str) -> DiskArray:
+    """``x`` as an ``.npy`` file: its own file when it is memory-mapped, else a cached copy
+    (written once, atomically, named by the content's hash)."""
+    path = mapped_file(x)
+    if path is None:
+        digest = hashlib.sha256(np.ascontiguousarray(x).data).hexdigest()[:20]
+        path = cache_dir() / f"{name}-{digest}.npy"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(f".{os.getpid()}.partial")
+            with open(partial, "wb") as out:
+                np.save(out, x)
+            os.replace(partial, path)
+    return DiskArray(path, tuple(x.shape))
+
+
+def streamed_inputs(x: Any, stream: bool | None, budget_bytes: float, name: str) -> Any:
+    """``x`` or the :class:`DiskArray` it streams from: always with ``stream`` true, never with
+    false, and when unset only for memory-mapped arrays above the memory budget."""
+    if x is None or isinstance(x, dict) or stream is False:
+        return x  # keyword inputs (token ids) stay in memory: they are small
+    if stream is None and (mapped_file(x) is None or x.nbytes <= budget_bytes):
+        return x
+    return to_disk(x, name)
+
+
 def make_batcher(
     data: ArrayDataset | MappedDataset,
     batch_size: int,
@@ -149,4 +210,13 @@ def make_batcher(
     return TensorBatcher(data, batch_size, seed=seed, world=world)
 
 
-__all__ = ["DEFAULT_WORKERS", "MappedDataset", "StreamBatcher", "make_batcher"]
+__all__ = [
+    "DEFAULT_WORKERS",
+    "DiskArray",
+    "MappedDataset",
+    "StreamBatcher",
+    "make_batcher",
+    "mapped_file",
+    "streamed_inputs",
+    "to_disk",
+]
