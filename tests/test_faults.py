@@ -24,6 +24,13 @@ import yaml
 
 from kdlab.errors import StoreError
 from kdlab.store import RunStore
+from pg_server import (  # noqa: F401  (fixtures: pytest finds them by their name= here)
+    StoreAt,
+    count_rows,
+    pg_admin_fixture,
+    pg_database_fixture,
+    store_at_fixture,
+)
 
 CONFIG = {
     "name": "faults",
@@ -173,19 +180,23 @@ def _writer(root: str, tag: str, runs: int, barrier) -> None:
             store.finish_run(run, {"accuracy": i / runs})
 
 
-def test_four_processes_write_one_store(tmp_path: Path) -> None:
+def test_four_processes_write_one_store(store_at: StoreAt, tmp_path: Path) -> None:
+    root = str(store_at(tmp_path))  # SQLite, and PostgreSQL as processes on many machines use it
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(4)
-    procs = [ctx.Process(target=_writer, args=(str(tmp_path), t, 15, barrier)) for t in "abcd"]
+    procs = [ctx.Process(target=_writer, args=(root, t, 15, barrier)) for t in "abcd"]
     for proc in procs:
         proc.start()
     for proc in procs:
         proc.join(300)  # spawned children import torch: slow on a busy machine
         assert proc.exitcode == 0, f"writer exited with {proc.exitcode}"
-    with RunStore(tmp_path) as store:
+    with RunStore(root) as store:
         runs = store.list_runs()
         assert len(runs) == 60 and all(r.status == "finished" for r in runs)
         assert all(len(store.history(r.id)) == 5 for r in runs)
+    if store_at.backend == "postgresql":
+        assert count_rows(root, "history") == 60 * 5
+        return
     conn = sqlite3.connect(tmp_path / "kdlab.sqlite")
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()

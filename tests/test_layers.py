@@ -30,13 +30,14 @@ LAYERS: list[tuple[str, dict[str, list[str]]]] = [
                            "kdlab.schemes.registry", "kdlab.overrides"]}),
     ("engine", {"engine": ["kdlab.engine", "kdlab.optim", "kdlab.guard"],
                 "store": ["kdlab.store.*"]}),
-    ("runs", {"runs": ["kdlab.runs", "kdlab.health"]}),
+    ("runs", {"runs": ["kdlab.runs", "kdlab.health", "kdlab.tracking"]}),
     ("schemes", {"schemes": ["kdlab.schemes.*"]}),
     ("experiment", {"experiment": ["kdlab.experiment", "kdlab.teachers", "kdlab.resume",
-                                   "kdlab.preflight"],
+                                   "kdlab.preflight", "kdlab.sweep.*", "kdlab.tune"],
                     "report": ["kdlab.report.*"]}),
     ("interface", {"interface": ["kdlab", "kdlab.api", "kdlab.cli", "kdlab.quickstart",
-                                 "kdlab.__main__", "kdlab.terminal", "kdlab.launch"]}),
+                                 "kdlab.__main__", "kdlab.terminal", "kdlab.launch",
+                                 "kdlab.sweep.command"]}),
 ]  # fmt: skip
 
 

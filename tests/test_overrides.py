@@ -27,7 +27,8 @@ BASE = {
 @pytest.mark.parametrize(
     ("text", "value"),
     [("a=8", 8), ("a=0.5", 0.5), ("a=true", True), ("a=[0, 1]", [0, 1]), ("a=inf", math.inf),
-     ("a=-inf", -math.inf), ("a=sgd", "sgd"), ("a={name: adam}", {"name": "adam"}), ("a=", "")],
+     ("a=-inf", -math.inf), ("a=sgd", "sgd"), ("a={name: adam}", {"name": "adam"}), ("a=", ""),
+     ("a=1e-3", 1e-3), ("a=1e30", 1e30), ("a=-2", -2), ("a=007", 7)],
 )  # fmt: skip
 def test_values_are_read_as_yaml(text: str, value: object) -> None:
     assert parse_assignment(text) == (["a"], value)

@@ -1,4 +1,6 @@
-"""Tests of the SQLite run store (kdlab.store)."""
+"""Tests of the run store (kdlab.store), each against SQLite and PostgreSQL (``store_at``, from
+tests/pg_server.py) unless it is about an SQLite file; tests/test_store_postgres.py has the
+PostgreSQL-only ones."""
 
 from __future__ import annotations
 
@@ -13,13 +15,20 @@ import pytest
 from kdlab.errors import StoreError
 from kdlab.store import RunRecord, RunStore
 from kdlab.store.schema import SCHEMA_VERSION
+from pg_server import (  # noqa: F401  (fixtures: pytest finds them by their name= here)
+    StoreAt,
+    count_rows,
+    pg_admin_fixture,
+    pg_database_fixture,
+    store_at_fixture,
+)
 
 ID_RE = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    with RunStore(tmp_path / "store") as s:
+def store(store_at: StoreAt, tmp_path: Path):
+    with RunStore(store_at(tmp_path / "store")) as s:
         yield s
 
 
@@ -163,8 +172,8 @@ def _worker(root: str, tag: str, n_runs: int, n_epochs: int, barrier) -> None:
             s.finish_run(rid, {"acc": float(r)})
 
 
-def test_two_processes_write_concurrently(tmp_path: Path) -> None:
-    root = str(tmp_path / "shared")  # fresh: both processes also race to create the schema
+def test_two_processes_write_concurrently(store_at: StoreAt, tmp_path: Path) -> None:
+    root = str(store_at(tmp_path / "shared"))  # fresh: both processes race to create the schema
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(2)
     procs = [ctx.Process(target=_worker, args=(root, t, 2, 120, barrier)) for t in ("a", "b")]
@@ -181,6 +190,9 @@ def test_two_processes_write_concurrently(tmp_path: Path) -> None:
         for r in runs:
             assert [h["epoch"] for h in s.history(r.id)] == list(range(120))
             assert r.artefacts == {"ckpt": f"{r.name}.pt"}
+    if store_at.backend == "postgresql":
+        assert count_rows(root, "history") == 4 * 120
+        return
     con = sqlite3.connect(Path(root) / "kdlab.sqlite")
     try:
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -190,8 +202,8 @@ def test_two_processes_write_concurrently(tmp_path: Path) -> None:
         con.close()
 
 
-def test_two_stores_in_one_process_interleave(tmp_path: Path) -> None:
-    with RunStore(tmp_path) as a, RunStore(tmp_path) as b:
+def test_two_stores_in_one_process_interleave(store_at: StoreAt, tmp_path: Path) -> None:
+    with RunStore(store_at(tmp_path)) as a, RunStore(store_at(tmp_path)) as b:
         ra, rb = _new(a, name="a"), _new(b, name="b")
         for e in range(5):
             a.log_epoch(ra, e, {"x": e})
@@ -227,24 +239,24 @@ def test_foreign_or_newer_database_raises(tmp_path: Path) -> None:
         RunStore(newer)
 
 
-def test_uncreatable_root_and_closed_store_raise(tmp_path: Path) -> None:
+def test_uncreatable_root_and_closed_store_raise(store_at: StoreAt, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(StoreError, match="cannot create run store directory"):
-        RunStore(blocker / "store")
-    s = RunStore(tmp_path / "ok")
+        RunStore(store_at(blocker / "store"))
+    s = RunStore(store_at(tmp_path / "ok"))
     s.close()
     s.close()  # idempotent
     with pytest.raises(StoreError, match="closed"):
         s.list_runs()
 
 
-def test_reopen_keeps_data(tmp_path: Path) -> None:
-    with RunStore(tmp_path) as s:
+def test_reopen_keeps_data(store_at: StoreAt, tmp_path: Path) -> None:
+    with RunStore(store_at(tmp_path)) as s:
         rid = _new(s, config={"a": 1})
         s.log_epoch(rid, 1, {"acc": float("nan")})
         s.finish_run(rid, {"acc": 0.5}, {"ckpt": "c.pt"})
-    with RunStore(tmp_path) as s:
+    with RunStore(store_at(tmp_path)) as s:
         rec = s.get_run(rid)
         assert (rec.status, rec.config, rec.metrics, rec.artefacts) == (
             "finished",

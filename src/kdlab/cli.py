@@ -14,8 +14,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from kdlab import distributed
+from kdlab import distributed, tune
 from kdlab.errors import KdlabError
+from kdlab.report.command import report_command
+from kdlab.sweep.command import sweep_command
 from kdlab.terminal import (
     console,
     err_console,
@@ -24,6 +26,7 @@ from kdlab.terminal import (
     quiet_unless_main,
     show_warning,
 )
+from kdlab.tracking import tracking
 
 app = typer.Typer(
     help="Knowledge distillation: train teachers, distill students, compare runs across seeds.",
@@ -33,10 +36,8 @@ app = typer.Typer(
 )
 
 DEFAULT_STORE = "kdlab-runs"
-StoreOpt = Annotated[
-    Path | None,
-    typer.Option("--store", help=f"Run store folder [default: $KDLAB_STORE or ./{DEFAULT_STORE}]"),
-]
+STORE_HELP = f"Run store folder or postgresql:// URL ($KDLAB_STORE, ./{DEFAULT_STORE})"
+StoreOpt = Annotated[str | None, typer.Option("--store", help=STORE_HELP)]  # str: keeps URLs
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars.")]
 OverridesArg = Annotated[
     list[str] | None,
@@ -82,10 +83,11 @@ def command(func: Callable[..., Any]) -> Callable[..., Any]:
     return app.command()(wrapper)
 
 
-def _store(path: Path | None):
+def _store(path: str | Path | None):
     from kdlab.store import RunStore
 
-    return RunStore(path or Path(os.environ.get("KDLAB_STORE", DEFAULT_STORE)))
+    # Strings, not Path(): Path() would fold a postgresql:// URL's "//".
+    return RunStore(path or os.environ.get("KDLAB_STORE", DEFAULT_STORE))
 
 
 def _seeds(text: str | None) -> list[int] | None:
@@ -114,7 +116,7 @@ def quickstart(
     with _store(store) as run_store, interruptible("kdlab quickstart"):
         rows, _, _ = run_quickstart(run_store, _seeds(seeds), progress)
         print_quickstart(rows, console)
-        console.print(f"Runs recorded in {run_store.root} — list them with `kdlab runs`.")
+        console.print(f"Runs recorded in {run_store.location} — list them with `kdlab runs`.")
 
 
 @command
@@ -145,6 +147,7 @@ def run(
         int | None,
         typer.Option(help="Run on N processes of this machine (torchrun, DDP): one per GPU."),
     ] = None,
+    track: Annotated[list[str] | None, typer.Option(help="tensorboard:DIR or mlflow:URI")] = None,
 ) -> None:
     """Run an experiment: per seed, teacher, student alone and distilled student."""
     from kdlab.experiment import run_experiment
@@ -158,8 +161,8 @@ def run(
     again = ["kdlab run", str(config), *(overrides or []),
              *(["--store", str(store)] if store else []),
              *(f"{k} {v}" for k, v in options.items() if v), "--resume"]  # fmt: skip
-    with _store(store) as run_store, interruptible(" ".join(again)):
-        result = run_experiment(cfg, run_store, progress=progress, resume=resume)
+    with _store(store) as run_store, interruptible(" ".join(again)), tracking(track) as sinks:
+        result = run_experiment(cfg, run_store, progress=progress, resume=resume, hooks=sinks)
         if result.reused_seeds:
             reused = ", ".join(map(str, result.reused_seeds))
             console.print(f"Resumed: seeds {reused} were complete in the store and not re-run.")
@@ -171,7 +174,7 @@ def run(
             console.print(
                 f"KD gain in test accuracy: {100 * g.mean:+.2f} points, paired over {g.n} seeds"
             )
-        console.print(f"Runs recorded in {run_store.root}.")
+        console.print(f"Runs recorded in {run_store.location}.")
 
 
 def _launch(nproc: int, cfg: Any) -> None:
@@ -365,6 +368,12 @@ def show(
         for row in rows:
             table.add_row(*[f"{row.get(k, float('nan')):.4g}" for k in keys])
         console.print(table)
+
+
+report = command(report_command(_store, StoreOpt))
+
+sweep = command(sweep_command(_store, StoreOpt, OverridesArg))
+command(tune.cli_command(_load, _store, interruptible, typer.echo))  # plain lines: no wrapping
 
 
 @command

@@ -11,7 +11,7 @@ interrupted one continues from its last checkpoint (:func:`kdlab.runs.fit`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,7 @@ from kdlab.health import check_teacher
 from kdlab.inference import predict_logits
 from kdlab.preflight import load_data, preflight
 from kdlab.resume import StoredSeed, config_fingerprint
-from kdlab.runs import Recorder, RunInfo, RunResult, check_num_classes
+from kdlab.runs import Recorder, RunHook, RunInfo, RunResult, check_num_classes
 from kdlab.schemes.base import DistillContext
 from kdlab.schemes.offline import fit_offline
 from kdlab.schemes.registry import get_scheme
@@ -95,12 +95,16 @@ def run_experiment(
     teachers: dict[int, nn.Module] | None = None,
     on_run: Callable[[RunResult], None] | None = None,
     resume: bool = False,
+    hooks: Sequence[RunHook] = (),
+    tags: Mapping[str, Any] | None = None,
 ) -> ExperimentResult:
     """Train (or load) the teacher, the baseline student and the distilled student per seed.
 
     ``teachers`` gives a seed's teacher instead of its config's; ``on_run`` sees each run as it
     is made. ``resume``: seeds completed earlier in ``store`` under the same config (seeds aside)
-    are not trained again; their stored runs are returned with ``model=None``.
+    are not trained again; their stored runs are returned with ``model=None``. ``hooks`` give
+    each run's epoch callbacks (tracking sinks, tune's pruning); ``tags`` are recorded in every
+    run's config beside the experiment config, so its fingerprint is unchanged (tune's trial).
     """
     if resume and store is None:
         raise ConfigError("resume reads completed seeds from a run store; pass store=RunStore(...)")
@@ -108,7 +112,8 @@ def run_experiment(
     store = shared_store(store)  # under DDP: rank 0 writes, the others ask it
     result = ExperimentResult(cfg.name)
     recorder = Recorder(store, cfg.name, progress, cfg.metrics.gamma, cfg.metrics.ece_bins,
-                        resume=resume, strict=cfg.strict)  # fmt: skip
+                        resume=resume, strict=cfg.strict, hooks=hooks,
+                        tags=tags or {})  # fmt: skip
     config_json = cfg.model_dump(mode="json")
     fingerprint = config_fingerprint(config_json)
     scheme = get_scheme(cfg.distill.scheme)

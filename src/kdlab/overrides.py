@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ import yaml
 from kdlab.config import ExperimentConfig, parse_config
 from kdlab.errors import ConfigError, did_you_mean, quote
 
+NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 #: Values YAML reads as strings but a user means as floats (YAML's own spelling is ``.inf``).
 FLOATS = {"inf": math.inf, "+inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 
@@ -41,6 +43,8 @@ def parse_value(raw: str) -> Any:
     """A YAML-typed value; ``inf``/``-inf``/``nan`` as floats."""
     if raw.lower() in FLOATS:
         return FLOATS[raw.lower()]
+    if NUMBER.match(raw):  # YAML 1.1 reads 1e-3 and 1e30 as strings
+        return int(raw) if raw.lstrip("+-").isdigit() else float(raw)
     try:
         return yaml.safe_load(raw) if raw else ""
     except yaml.YAMLError as err:

@@ -35,6 +35,7 @@ from kdlab.errors import ConfigError, StoreError, shorten
 from kdlab.health import check_history
 from kdlab.inference import call_model, describe_inputs, model_output, predict_logits, to_device
 from kdlab.metrics import classification_metrics
+from kdlab.progress import epoch_printer
 from kdlab.settings import TrainSettings
 from kdlab.store import RunRecord, RunStore
 from kdlab.store.records import dumps
@@ -77,6 +78,10 @@ class RunInfo:
         return dataclasses.replace(self, **changes)
 
 
+#: (experiment, run, run id, epochs) → an epoch callback for that run, or None (kdlab.tracking).
+RunHook = Callable[[str, RunInfo, str | None, int], EpochCallback | None]
+
+
 @dataclass
 class Recorder:
     """Where and how runs are recorded: the store (None: nowhere), experiment, progress, metrics."""
@@ -92,6 +97,10 @@ class Recorder:
     resume: bool = False
     #: Stop (instead of warn) when a run looks like it learned nothing (kdlab.health).
     strict: bool = False
+    #: Called as each run starts training: its sinks (kdlab.tracking) and trial pruning (tune).
+    hooks: Sequence[RunHook] = ()
+    #: Recorded in every run's config beside its own keys (kdlab tune: the trial and its params).
+    tags: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.store = shared_store(self.store)  # under DDP: rank 0 writes, the others ask it
@@ -107,14 +116,14 @@ class Recorder:
             return None
         return self.store.create_run(
             experiment=self.experiment, name=run.label, role=run.role, seed=run.seed,
-            config=dict(config),
+            config={**config, **self.tags},
         )  # fmt: skip
 
     def previous(self, run: RunInfo, config: Mapping[str, Any]) -> RunRecord | None:
         """With ``resume``: the newest finished or interrupted run that is this one."""
         if not self.resume or self.store is None:
             return None
-        wanted = json.loads(dumps(dict(config), "config"))  # as the store gives it back
+        wanted = json.loads(dumps({**config, **self.tags}, "config"))  # as the store gives it back
         for record in self.store.list_runs(experiment=self.experiment, role=run.role):
             same = (record.name, record.seed, record.config) == (run.label, run.seed, wanted)
             if same and record.status in ("finished", "interrupted"):
@@ -287,8 +296,11 @@ def _engine(
 ) -> Engine:
     store = recorder.store
     loggers = [_epoch_logger(store, run_id)] if store and run_id else []  # the store's first
+    plain = epoch_printer(run.label, settings.epochs, recorder.progress and is_main())
+    hooks = [hook(recorder.experiment, run, run_id, settings.epochs) for hook in recorder.hooks]
     return Engine(
-        settings, seed=run.seed, progress=recorder.progress, callbacks=[*loggers, *callbacks],
+        settings, seed=run.seed, progress=recorder.progress,
+        callbacks=[*loggers, *filter(None, [plain, *hooks]), *callbacks],
         description=run.label,
         checkpoint_path=store.run_dir(run_id) / "checkpoint.pt" if store and run_id else None,
         on_checkpoint=recorder.checkpoint_hook(run_id),
@@ -346,9 +358,10 @@ def record_model(
     run_id = recorder.start(run, run.config)
     if recorder.store is not None and run_id is not None:
         try:
-            log = _epoch_logger(recorder.store, run_id)
-            for row in rows:
-                log(row)
+            hooks = [hook(recorder.experiment, run, run_id, len(rows)) for hook in recorder.hooks]
+            for log in [_epoch_logger(recorder.store, run_id), *filter(None, hooks)]:
+                for row in rows:
+                    log(row)
             if weights_file is None:
                 artefacts, hashes = recorder.save_weights(run_id, model, len(rows))
             else:
@@ -375,15 +388,5 @@ def evaluate(
     return classification_metrics(logits, test.y, teacher_logits, gamma=gamma, n_bins=ece_bins)
 
 
-__all__ = [
-    "Fittable",
-    "Recorder",
-    "RunInfo",
-    "RunResult",
-    "check_num_classes",
-    "error_text",
-    "evaluate",
-    "fit",
-    "record_model",
-    "verified_artefact",
-]
+__all__ = ["Fittable", "Recorder", "RunHook", "RunInfo", "RunResult", "check_num_classes",
+           "error_text", "evaluate", "fit", "record_model", "verified_artefact"]  # fmt: skip

@@ -31,7 +31,11 @@ class Strict(BaseModel):
     """Base of every settings/config model: unknown keys are errors that list the valid ones."""
 
     # NaN and ±inf are never a sensible setting (a learning rate of inf trains to NaN).
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    # Dumps keep inf/nan inside free-form values (a loss term's alpha=inf) as JSON's Infinity,
+    # not null, so a recorded config reads back as it was given.
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, allow_inf_nan=False, ser_json_inf_nan="constants"
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -1,7 +1,9 @@
-"""The run store: one SQLite file (WAL mode) holding every run, its config, metrics and history.
+"""The run store: every run, its config, metrics and history, in one SQLite file (WAL mode) in a
+folder or in a PostgreSQL database at a ``postgresql://`` URL (many machines, one store).
 
 ``RunStore`` (runstore.py) reads and writes it, ``RunRecord`` (records.py) is one run as stored,
-schema.py holds the SQLite schema and its migrations.
+schema.py holds the schema and its migrations; backend.py is what the store needs of a database,
+sqlite_backend.py and postgres_backend.py provide it, location.py tells them apart.
 """
 
 from kdlab.store.connection import DB_NAME

@@ -1,135 +1,91 @@
-"""How the run store talks to SQLite: one connection per process, WAL mode, short write
+"""How the run store talks to its database: one connection per process, short write
 transactions that commit entirely or not at all, and the schema checked (and migrated) on open.
 
-Several processes may write to one store at once: every write is one ``BEGIN IMMEDIATE``
-transaction and waits up to ``BUSY_TIMEOUT_S`` for the lock.
+The database is an SQLite file in a folder (:mod:`kdlab.store.sqlite_backend`, WAL mode) or a
+PostgreSQL database at a ``postgresql://`` URL (:mod:`kdlab.store.postgres_backend`), chosen by
+the location; both sit behind :class:`kdlab.store.backend.Backend`. Several processes may write
+to one store at once: every write is one transaction that waits up to 60 s for the others.
 """
 
 from __future__ import annotations
 
 import os
-import sqlite3
-import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from kdlab.errors import StoreError
-from kdlab.store.schema import check_ours, migrate
+from kdlab.store.backend import Backend, one_line, transaction
+from kdlab.store.location import parse_location
+from kdlab.store.sqlite_backend import BUSY_TIMEOUT_S, DB_NAME, SQLiteBackend
 
-BUSY_TIMEOUT_S = 60.0
-DB_NAME = "kdlab.sqlite"
+
+def open_backend(location: str | Path) -> Backend:
+    """The database at ``location``: a folder (SQLite) or a ``postgresql://`` URL."""
+    where = parse_location(location)
+    if isinstance(where, Path):
+        return SQLiteBackend(where)
+    from kdlab.store.postgres_backend import PostgresBackend  # psycopg only for URL stores
+
+    return PostgresBackend(where)
 
 
 class StoreConnection:
-    """The SQLite file ``root/kdlab.sqlite``; use as a context manager or call ``close()``."""
+    """The store at ``root``: a folder (``root/kdlab.sqlite``) or a ``postgresql://`` URL (its
+    artefact folder from ``?artefacts=`` or ``$KDLAB_ARTEFACTS``); use as a context manager or
+    call ``close()``."""
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root).expanduser()
-        self.path = self.root / DB_NAME
-        self._conn: sqlite3.Connection | None = None
+        self._db: Backend | None = None
         self._pid = os.getpid()
         self._last_created: datetime | None = None
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise StoreError(
-                f"cannot create run store directory {self.root}: {e}; "
-                "choose a writable directory (e.g. --store ./runs)"
-            ) from e
-        try:
-            self._open()
-        except sqlite3.Error as e:
-            self.close()
-            if getattr(e, "sqlite_errorname", "") == "SQLITE_NOTADB":
-                raise StoreError(
-                    f"{self.path} is not an SQLite database, so not a kdlab run store; "
-                    "move that file away or point kdlab at another store directory"
-                ) from e
-            raise StoreError(f"cannot open run store {self.path}: {e}") from e
-        except BaseException:
-            self.close()
-            raise
+        self._db = open_backend(root)
+        #: Artefact folder (``root/runs/<run id>/``) and where the rows are (file or URL).
+        self.root: Path = self._db.root
+        self.path: Path | str = self._db.path
+
+    @property
+    def location(self) -> str:
+        """Where the store is, as messages name it: its folder, or its URL without password."""
+        return str(self.root) if isinstance(self.path, Path) else self.path
 
     # -- connection and transactions ---------------------------------------------------------
 
-    def _open(self) -> None:
-        # Switching a fresh file to WAL while another process does the same can answer
-        # SQLITE_BUSY without waiting on the busy handler (e.g. during WAL recovery): retry.
-        for attempt in range(6):
-            try:
-                self._conn = sqlite3.connect(
-                    self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None
-                )
-                self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-                check_ours(self._conn, self.path)  # refuse a foreign file before changing it
-                mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise sqlite3.OperationalError(f"journal_mode is {mode!r}, WAL unavailable")
-                self._conn.execute("PRAGMA synchronous = NORMAL")
-                self._migrate()
-                self._conn.execute("PRAGMA foreign_keys = ON")
-                return
-            except sqlite3.OperationalError as e:
-                self.close()
-                busy = "locked" in str(e) or "busy" in str(e)
-                if not busy or attempt == 5:
-                    raise
-                time.sleep(0.05 * 2**attempt)
-
-    def _migrate(self) -> None:
-        # Foreign keys stay off while the schema changes (PRAGMA is a no-op in a transaction).
-        self._connection().execute("PRAGMA foreign_keys = OFF")
-        with self._write() as conn:
-            migrate(conn, self.path)
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise StoreError(f"run store {self.root} is closed; open a new RunStore")
+    def _connection(self) -> Backend:
+        if self._db is None:
+            raise StoreError(f"run store {self.location} is closed; open a new RunStore")
         if os.getpid() != self._pid:
             raise StoreError(
-                f"this RunStore ({self.root}) was opened in process {self._pid}; "
+                f"this RunStore ({self.location}) was opened in process {self._pid}; "
                 "open a new RunStore in each process"
             )
-        return self._conn
+        return self._db
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` transaction: committed entirely or not at all."""
-        conn = self._connection()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as e:
-            raise StoreError(f"cannot write to run store {self.path}: {e}") from e
-        try:
-            yield conn
-        except BaseException as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"write to run store {self.path} failed: {exc}") from exc
-            raise
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.Error as e:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise StoreError(f"write to run store {self.path} failed: {e}") from e
+    def _write(self) -> Iterator[Backend]:
+        """One write transaction: committed entirely or not at all."""
+        with transaction(self._connection()) as db:
+            yield db
 
-    def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        db = self._connection()
         try:
-            return self._connection().execute(sql, params).fetchall()
-        except sqlite3.Error as e:
-            raise StoreError(f"cannot read run store {self.path}: {e}") from e
+            return db.execute(sql, params).fetchall()
+        except db.errors as e:
+            raise StoreError(f"cannot read run store {self.path}: {one_line(e)}") from e
 
     def close(self) -> None:
-        if self._conn is not None and os.getpid() == self._pid:
-            self._conn.close()
-        self._conn = None
+        if self._db is not None and os.getpid() == self._pid:
+            self._db.close()
+        self._db = None
 
     def __enter__(self) -> StoreConnection:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+__all__ = ["BUSY_TIMEOUT_S", "DB_NAME", "StoreConnection", "open_backend"]

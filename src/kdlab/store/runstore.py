@@ -1,11 +1,13 @@
-"""The run store: one SQLite file (WAL mode) holding every run, its config, metrics and history.
+"""The run store: every run, its config, metrics and history, in one SQLite file (WAL mode) or
+one PostgreSQL database (for processes on many machines).
 
-Layout under the store root::
+Layout under the store root (a folder; for a PostgreSQL store, its artefact folder)::
 
     root/kdlab.sqlite          runs, per-epoch history, completed seeds (schema: store.schema)
     root/runs/<run id>/        artefacts (checkpoints, plots, ...), created on demand
 
-Several processes may write to one store at once (see :mod:`kdlab.store.connection`).
+Several processes may write to one store at once (see :mod:`kdlab.store.connection`). The SQL
+below is shared by both databases; what differs is in ``sqlite_backend`` / ``postgres_backend``.
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import sqlite3
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from kdlab.errors import StoreError
+from kdlab.store.backend import Backend
 from kdlab.store.connection import StoreConnection
 from kdlab.store.records import (
     HOST,
@@ -36,7 +38,8 @@ _COLUMNS = (
 
 
 class RunStore(StoreConnection):
-    """Runs of every experiment under ``root``; use as a context manager or call ``close()``."""
+    """Runs of every experiment at ``root`` — a folder, or a ``postgresql://`` URL (see
+    :mod:`kdlab.store.location`); use as a context manager or call ``close()``."""
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -60,21 +63,21 @@ class RunStore(StoreConnection):
             for _ in range(8):
                 now = self._now()
                 run_id = f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
-                try:
-                    stamp = now.isoformat(timespec="microseconds")
-                    conn.execute(
-                        "INSERT INTO runs (id, experiment, name, role, seed, status, created_at,"
-                        " config, pid, host, heartbeat_at)"
-                        " VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
-                        (run_id, experiment, name, role, seed, stamp, config_json, os.getpid(),
-                         HOST, stamp),
-                    )  # fmt: skip
-                    return run_id
-                except sqlite3.IntegrityError:  # id collision: draw again
-                    continue
+                stamp = now.isoformat(timespec="microseconds")
+                # DO NOTHING, not a caught IntegrityError: PostgreSQL aborts the whole
+                # transaction on an error, so a collision must not be one.
+                cursor = conn.execute(
+                    "INSERT INTO runs (id, experiment, name, role, seed, status, created_at,"
+                    " config, pid, host, heartbeat_at)"
+                    " VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                    (run_id, experiment, name, role, seed, stamp, config_json, os.getpid(),
+                     HOST, stamp),
+                )  # fmt: skip
+                if cursor.rowcount == 1:
+                    return run_id  # else: id collision, draw again
             raise StoreError("could not draw a unique run id after 8 tries")
 
-    def _require(self, conn: sqlite3.Connection, run_id: str, running: bool = False) -> None:
+    def _require(self, conn: Backend, run_id: str, running: bool = False) -> None:
         row = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
             raise StoreError(f"no run {run_id!r} in {self.path}; list runs with `kdlab runs`")
@@ -82,12 +85,12 @@ class RunStore(StoreConnection):
             raise StoreError(f"run {run_id} is already {row[0]}; start a new run instead")
 
     @staticmethod
-    def _merged_artefacts(conn: sqlite3.Connection, run_id: str, new: dict[str, str]) -> str:
+    def _merged_artefacts(conn: Backend, run_id: str, new: dict[str, str]) -> str:
         (old,) = conn.execute("SELECT artefacts FROM runs WHERE id = ?", (run_id,)).fetchone()
         return dumps({**json.loads(old), **new}, "artefacts")
 
     @staticmethod
-    def _merged_hashes(conn: sqlite3.Connection, run_id: str, new: dict[str, str]) -> str:
+    def _merged_hashes(conn: Backend, run_id: str, new: dict[str, str]) -> str:
         (old,) = conn.execute("SELECT hashes FROM runs WHERE id = ?", (run_id,)).fetchone()
         return dumps({**json.loads(old or "{}"), **new}, "hashes")
 
@@ -270,7 +273,10 @@ class RunStore(StoreConnection):
             for run_id in run_ids:
                 self._require(conn, run_id)
             conn.execute(
-                "INSERT OR REPLACE INTO completed_seeds VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO completed_seeds (experiment, fingerprint, seed, run_ids,"
+                " completed_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (experiment, fingerprint,"
+                " seed) DO UPDATE SET run_ids = excluded.run_ids,"
+                " completed_at = excluded.completed_at",
                 (experiment, fingerprint, int(seed), json.dumps(run_ids),
                  self._now().isoformat(timespec="microseconds")),
             )  # fmt: skip

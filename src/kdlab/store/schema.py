@@ -1,4 +1,5 @@
-"""The run store's SQLite schema and its migrations (``PRAGMA user_version`` is the version).
+"""The run store's schema: SQLite's migrations (``PRAGMA user_version`` is the version) and
+``CURRENT``, the same tables written for both dialects (a PostgreSQL store is created from it).
 
 Version 1: ``runs`` and per-epoch ``history``. Version 2 adds ``completed_seeds``: which seeds of
 an experiment finished all their runs under one config, so ``kdlab run --resume`` can skip them.
@@ -59,6 +60,39 @@ CREATE INDEX runs_experiment ON runs (experiment, created_at);
 #: Statements that bring a store at version i (list index) to version i + 1.
 _STEPS = [_V1, _V2, _V3]
 
+#: Version 3 created from nothing, in SQL both dialects read alike (BIGINT: seeds go past 2**31;
+#: no ``WITHOUT ROWID``, which is SQLite's only). Timestamps stay ISO-8601 UTC text and JSON
+#: stays text in both: metrics may be NaN or inf, which PostgreSQL's json types refuse, and the
+#: records read back exactly as SQLite's. tests/test_store_postgres.py checks that these are the
+#: columns SQLite's migrations end with. A later version appends one step to _STEPS and the
+#: same statements (where the dialects agree) to postgres_backend's steps.
+CURRENT = """
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY, experiment TEXT NOT NULL, name TEXT NOT NULL, role TEXT NOT NULL,
+    seed BIGINT,
+    status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed', 'interrupted')),
+    created_at TEXT NOT NULL, finished_at TEXT, config TEXT NOT NULL,
+    metrics TEXT NOT NULL DEFAULT '{}', artefacts TEXT NOT NULL DEFAULT '{}', error TEXT,
+    pid BIGINT, host TEXT, heartbeat_at TEXT, hashes TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX runs_created ON runs (created_at);
+CREATE INDEX runs_experiment ON runs (experiment, created_at);
+CREATE TABLE history (
+    run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE, epoch BIGINT NOT NULL,
+    metrics TEXT NOT NULL, PRIMARY KEY (run_id, epoch)
+);
+CREATE TABLE completed_seeds (
+    experiment TEXT NOT NULL, fingerprint TEXT NOT NULL, seed BIGINT NOT NULL,
+    run_ids TEXT NOT NULL, completed_at TEXT NOT NULL,
+    PRIMARY KEY (experiment, fingerprint, seed)
+);
+"""
+
+
+def statements(script: str) -> list[str]:
+    """The statements of a script (none of ours has a ``;`` inside a literal)."""
+    return [s.strip() for s in script.split(";") if s.strip()]
+
 
 def check_ours(conn: sqlite3.Connection, path: Path) -> int:
     """The store's schema version; a StoreError (after reading only) for a file kdlab must not
@@ -84,8 +118,7 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
     foreign keys off: rebuilding ``runs`` must not cascade into ``history``)."""
     version = check_ours(conn, path)
     for script in _STEPS[version:]:
-        for statement in script.split(";"):
-            if statement.strip():
-                conn.execute(statement)
+        for statement in statements(script):
+            conn.execute(statement)
     if version != SCHEMA_VERSION:
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

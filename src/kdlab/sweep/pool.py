@@ -1,0 +1,244 @@
+"""Running a sweep's tasks: in this process, or on N worker processes fed by this one.
+
+This process is the only scheduler: it hands each task to one idle worker over that worker's own
+pipe, so within one command no task is ever given out twice. A cell's task is handed out only
+after its shared teacher's task succeeded. A worker that dies (``kill -9``, out of memory) costs
+its task only: that task is reported failed — its runs read as interrupted and continue when the
+command runs again — a new worker takes its place, and the other tasks go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import signal
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+from kdlab.resume import StoredSeed
+from kdlab.store import RunStore
+from kdlab.sweep.cells import Outcome, Task, execute, find_teacher, outcome_of
+from kdlab.sweep.plan import SweepPlan, format_value
+
+Report = Callable[[Outcome], None]
+
+
+@dataclass
+class Schedule:
+    """Tasks ready to run, and cell tasks waiting for their shared teacher."""
+
+    ready: deque[Task] = field(default_factory=deque)
+    waiting: dict[tuple[str, int], list[Task]] = field(default_factory=dict)
+
+    def next(self) -> Task | None:
+        return self.ready.popleft() if self.ready else None
+
+    def done(self, outcome: Outcome) -> list[Outcome]:
+        """Release the cells a finished teacher task taught; outcomes of the cells it failed."""
+        task = outcome.task
+        if task.kind != "teacher":
+            return []
+        cells = self.waiting.pop((task.teacher, task.seed), [])
+        if outcome.ok:
+            self.ready.extend(cells)
+            return []
+        why = f"its teacher (seed {task.seed}) did not finish: {outcome.error}"
+        return [Outcome(cell, False, error=why) for cell in cells]
+
+    def __len__(self) -> int:
+        return len(self.ready) + sum(map(len, self.waiting.values()))
+
+
+def schedule(plan: SweepPlan, store: RunStore) -> tuple[Schedule, list[Outcome]]:
+    """The tasks still to run, and the outcomes of the (cell, seed) pairs the store holds done.
+
+    Only an optimisation: each task checks the store again under its claim before training.
+    """
+    todo, stored = Schedule(), []
+    teachers: dict[tuple[str, int], bool] = {}  # (key, seed) → already finished
+    for cell in plan.cells:
+        for seed in plan.seeds:
+            task = Task("cell", seed, cell=cell.index)
+            runs = StoredSeed(store, plan.name, cell.fingerprint, seed).completed_runs()
+            if runs:
+                stored.append(outcome_of(task, runs, stored=True))
+                continue
+            if cell.teacher is None:
+                todo.ready.append(task)
+                continue
+            pair = (cell.teacher, seed)
+            if pair not in teachers:
+                teachers[pair] = find_teacher(plan, cell.teacher, seed, store) is not None
+                if not teachers[pair]:
+                    todo.ready.append(Task("teacher", seed, teacher=cell.teacher))
+            if teachers[pair]:
+                todo.ready.append(task)
+            else:
+                todo.waiting.setdefault(pair, []).append(task)
+    return todo, stored
+
+
+def run_inline(plan: SweepPlan, todo: Schedule, store: RunStore, report: Report) -> None:
+    while (task := todo.next()) is not None:
+        outcome = execute(plan, task, store)
+        for done in (outcome, *todo.done(outcome)):
+            report(done)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # the runs layer marks the run in progress interrupted
+
+
+def worker_main(conn: Connection, root: str, plan: SweepPlan, threads: int) -> None:
+    """A worker process: run each task the scheduler sends, answer its outcome; None ends."""
+    import torch
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    torch.set_num_threads(threads)  # N workers share the cores (a config's `threads` wins)
+    try:
+        with RunStore(root) as store:
+            while (task := conn.recv()) is not None:
+                conn.send(execute(plan, task, store))
+    except (KeyboardInterrupt, EOFError, BrokenPipeError):
+        return  # interrupted, or the scheduler is gone: the run in progress says so
+
+
+class Worker:
+    """One worker process and the pipe to it."""
+
+    def __init__(self, context: Any, root: Path, plan: SweepPlan, threads: int) -> None:
+        self.conn, child = context.Pipe()
+        self.process = context.Process(
+            target=worker_main, args=(child, str(root), plan, threads), name="kdlab-sweep-worker"
+        )
+        self.process.start()
+        child.close()
+        self.task: Task | None = None
+
+    def give(self, task: Task) -> None:
+        self.task = task
+        with contextlib.suppress(OSError):  # died meanwhile: collect() reports it
+            self.conn.send(task)
+
+    def collect(self) -> Outcome | None:
+        """The outcome of the task in hand, once there is one (a failure if the worker died)."""
+        assert self.task is not None
+        outcome = None
+        if self.conn.poll():
+            with contextlib.suppress(EOFError, OSError):  # died while answering
+                outcome = self.conn.recv()
+        if outcome is None and not self.process.is_alive():
+            code = self.process.exitcode or 0
+            how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+            outcome = Outcome(self.task, False, error=f"its worker process died ({how}); its "
+                              "interrupted runs continue when this sweep runs again")  # fmt: skip
+        if outcome is not None:
+            self.task = None
+        return outcome
+
+    def close(self, terminate: bool) -> None:
+        if terminate and self.process.is_alive():
+            self.process.terminate()  # SIGTERM: the run in progress is marked interrupted
+        elif not terminate:
+            with contextlib.suppress(OSError):
+                self.conn.send(None)
+        self.process.join(60)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
+
+
+def run_parallel(plan: SweepPlan, todo: Schedule, root: Path, workers: int, report: Report) -> None:
+    context = mp.get_context("spawn")  # no fork of a process that holds threads and SQLite
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    pool = [Worker(context, root, plan, threads) for _ in range(workers)]
+    finished = False
+    try:
+        while True:
+            for i, worker in enumerate(pool):
+                if worker.task is None and todo.ready:
+                    if not worker.process.is_alive():
+                        worker.close(terminate=True)
+                        pool[i] = worker = Worker(context, root, plan, threads)
+                    worker.give(todo.ready.popleft())
+            busy = [w for w in pool if w.task is not None]
+            if not busy:
+                break
+            wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
+            for worker in busy:
+                outcome = worker.collect()
+                for done in (outcome, *todo.done(outcome)) if outcome else ():
+                    report(done)
+        finished = True
+    finally:
+        for worker in pool:
+            worker.close(terminate=not finished)
+
+
+@dataclass
+class SweepResult:
+    plan: SweepPlan
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def cells(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.task.kind == "cell"]
+
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+    def line(self, outcome: Outcome) -> str:
+        """One line of progress: what ran, with which seed, and its test accuracy or error."""
+        task = outcome.task
+        if task.kind == "teacher":
+            what = f"teacher s{task.seed} (shared by {self.plan.sharing(task.teacher)} cells)"
+        else:
+            done = len(self.cells())
+            total = len(self.plan.cells) * len(self.plan.seeds)
+            what = f"[{done}/{total}] {self.plan.cells[task.cell].label} seed {task.seed}"
+        if not outcome.ok:
+            return f"{what}: FAILED: {outcome.error}"
+        accuracy = outcome.metrics.get("accuracy", float("nan"))
+        text = f"{what}: test acc {100 * accuracy:.2f} %"
+        if outcome.baseline is not None:
+            text += f" (student alone {100 * outcome.baseline:.2f} %)"
+        return text + (" (stored)" if outcome.stored else "")
+
+    def failure_line(self) -> str:
+        failed = [o for o in self.failed() if o.task.kind == "cell"]
+        total = len(self.plan.cells) * len(self.plan.seeds)
+        shown = [f"{self.plan.cells[o.task.cell].label} seed {o.task.seed}" for o in failed[:10]]
+        more = f" and {len(failed) - 10} more" if len(failed) > 10 else ""
+        return (
+            f"{len(failed)} of {total} cells failed: {'; '.join(shown)}{more}. Their errors: "
+            f"`kdlab runs --experiment {format_value(self.plan.name)} --status failed`; run the "
+            "same command again to retry them (finished cells are not trained again)"
+        )
+
+
+def run_sweep(
+    plan: SweepPlan, store: RunStore, workers: int, on_line: Callable[[str], None]
+) -> SweepResult:
+    """Run every (cell, seed) not yet done in ``store``; ``on_line`` gets a line per outcome."""
+    result = SweepResult(plan)
+
+    def report(outcome: Outcome) -> None:
+        result.outcomes.append(outcome)
+        on_line(result.line(outcome))
+
+    todo, stored = schedule(plan, store)
+    for outcome in stored:
+        report(outcome)
+    if workers == 1 or len(todo) <= 1:
+        run_inline(plan, todo, store, report)
+    else:
+        run_parallel(plan, todo, store.root, min(workers, len(todo)), report)
+    return result
+
+
+__all__ = ["Schedule", "SweepResult", "run_sweep"]
