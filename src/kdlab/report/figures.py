@@ -67,8 +67,9 @@ def _new(width: float = 6.4, height: float = 4.2) -> tuple[Any, Any]:
 
 
 def _positions(values: Sequence[Any]) -> tuple[list[float], list[str] | None]:
-    """x positions of sorted values: the numbers themselves, or 0, 1, … for text."""
-    if all(is_number(v) for v in values):
+    """x positions of sorted values: the numbers themselves, or 0, 1, … for text and for
+    numbers that include ±inf (an axis cannot place α = ∞)."""
+    if all(is_number(v) and math.isfinite(float(v)) for v in values):
         return [float(v) for v in values], None
     return list(range(len(values))), [show_value(v) for v in values]
 
