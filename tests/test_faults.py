@@ -49,7 +49,14 @@ CONFIG = {
 CLI = "import sys; from kdlab.cli import app; sys.argv[0] = 'kdlab'; app()"
 
 
+def _default_sigint() -> None:
+    # A shell starts background jobs with SIGINT ignored, and children inherit that: the
+    # Ctrl-C test needs the default disposition whatever launched pytest.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def kdlab(*args: object, **kwargs) -> subprocess.Popen:
+    kwargs.setdefault("preexec_fn", _default_sigint)
     cmd = [sys.executable, "-c", CLI, *(str(a) for a in args)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             **kwargs)  # fmt: skip
