@@ -11,7 +11,6 @@ is an error with the closest known keys, unless the schema accepts it there (pyd
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -126,10 +125,6 @@ def check_known(data: Mapping[str, Any], parts: Sequence[str], text: str) -> Non
 def _closed(section: Mapping[str, Any]) -> bool:
     """A section whose dump lists every key it accepts (so a key not in it is a typo)."""
     return "train" in section or "model" in section or "loss" in section
-
-
-def copy_config(data: dict[str, Any]) -> dict[str, Any]:
-    return copy.deepcopy(data)
 
 
 __all__ = ["apply_overrides", "parse_assignment", "parse_value", "set_path"]

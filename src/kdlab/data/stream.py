@@ -171,10 +171,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("KDLAB_CACHE", Path.home() / ".kdlab" / "cache")).expanduser()
 
 
-def to_disk(x: np.ndarray, name: str) -> DiskArray:
-    """``x`` as an ``.npy`` file: its own file when it is memory-mapped, else a cached copy
-    (written once, atomically, named by the content's hash)."""
-    path = mapped_file(x)
+def to_disk(x: np.ndarray, name: str, path: Path | None = None) -> DiskArray:
+    """``x`` as an ``.npy`` file: ``path``, its own file when it is memory-mapped, else a cached
+    copy (written once, atomically, named by the content's hash)."""
     if path is None:
         digest = hashlib.sha256(np.ascontiguousarray(x).data).hexdigest()[:20]
         path = cache_dir() / f"{name}-{digest}.npy"
@@ -192,9 +191,10 @@ def streamed_inputs(x: Any, stream: bool | None, budget_bytes: float, name: str)
     false, and when unset only for memory-mapped arrays above the memory budget."""
     if x is None or isinstance(x, dict) or stream is False:
         return x  # keyword inputs (token ids) stay in memory: they are small
-    if stream is None and (mapped_file(x) is None or x.nbytes <= budget_bytes):
+    path = mapped_file(x)
+    if stream is None and (path is None or x.nbytes <= budget_bytes):
         return x
-    return to_disk(x, name)
+    return to_disk(x, name, path)
 
 
 def make_batcher(
