@@ -137,7 +137,7 @@ class Engine:
         check_precision(self.device, s.precision)
         train, val = self._place(scheme, train, val)
         index = torch.arange(min(2, len(train)), device=train.y.device)
-        scheme.prepare(Batch(train.inputs(slice(2)), train.y[:2], index))
+        scheme.prepare(Batch(train.inputs(slice(2)), train.y[:2], index, 0, s.epochs, len(train)))
         if self.world.distributed:
             try:
                 return self._loop(scheme, train, val, resume)
@@ -242,6 +242,7 @@ class Engine:
         bar.start_epoch(epoch + 1, self.settings.epochs, len(batcher))
         started = time.perf_counter()
         for step, batch in enumerate(batcher.epoch(epoch)):
+            batch.epoch, batch.epochs = epoch, self.settings.epochs
             with autocast(self.device, self.settings.precision):
                 metrics = scheme.train_step(batch, update)
             for key, value in metrics.items():

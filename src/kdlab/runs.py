@@ -312,7 +312,8 @@ def _reuse(scheme: Fittable, data: DataSplits, record: RunRecord, recorder: Reco
     final checkpoint, the evaluated model from its weights), with its stored metrics."""
     assert recorder.store is not None
     sample = data.train.inputs(slice(2))
-    scheme.prepare(Batch(sample, data.train.y[:2], torch.arange(min(2, len(data.train)))))
+    index = torch.arange(min(2, len(data.train)))
+    scheme.prepare(Batch(sample, data.train.y[:2], index, train_size=len(data.train)))
     if "checkpoint" in record.artefacts:
         state = ckpt.load_checkpoint(verified_artefact(record, "checkpoint"))
         for key, module in scheme.trainable().items():

@@ -19,6 +19,13 @@ class Batch:
     inputs: Inputs
     targets: Tensor
     index: Tensor | None = None
+    #: Where training stands, for terms that change with it (DKD's warm-up): the 0-based epoch
+    #: and the run's number of epochs (0: unknown, e.g. outside the engine's loop).
+    epoch: int = 0
+    epochs: int = 0
+    #: Examples in the training split (0: unknown); set on the sample batch given to
+    #: ``prepare``, for terms that keep per-example state (CRD's memory bank).
+    train_size: int = 0
 
     def __len__(self) -> int:
         return int(self.targets.shape[0])

@@ -23,7 +23,7 @@ from kdlab.errors import ConfigError
 from kdlab.inference import eval_forward
 from kdlab.losses.base import Objective, Term
 from kdlab.losses.connectors import Connector, Match, build_connector, check_adapter, shapes_fit
-from kdlab.types import ModelOutput
+from kdlab.types import Batch, Inputs, ModelOutput
 
 
 class FeatureTerm(Term):
@@ -76,7 +76,9 @@ class FeatureTerm(Term):
 
     # -- adapter ---------------------------------------------------------------------------------
 
-    def prepare(self, student: ModelOutput, teacher: ModelOutput | None) -> None:
+    def prepare(
+        self, student: ModelOutput, teacher: ModelOutput | None, sample: Batch | None = None
+    ) -> None:
         """Build the adapter from one batch of features (call before building optimizers)."""
         s = self._read(student, self.student_path, "student")
         t = self._read(self._teacher(teacher), self.teacher_path, "teacher")
@@ -164,13 +166,17 @@ class FeatureTerm(Term):
 
 @torch.no_grad()
 def prepare_terms(
-    objective: Objective, student: nn.Module, teacher: nn.Module | None, inputs: Tensor
+    objective: Objective, student: nn.Module, teacher: nn.Module | None, sample: Batch | Inputs
 ) -> None:
-    """Let every active term with a ``prepare(student_out, teacher_out)`` method build its
-    shape-dependent parameters (adapters) from one forward pass of both models on ``inputs``.
+    """Let every active term with a ``prepare(student_out, teacher_out, sample)`` method build
+    its shape-dependent parameters (adapters) from one forward pass of both models on the sample
+    batch (or bare inputs). The sample batch also tells terms the training-set size and the
+    number of epochs (``Batch.train_size``, ``Batch.epochs``) where the engine knows them.
 
     Schemes call this from ``Scheme.prepare``, before the engine builds the optimizers.
     """
+    batch = sample if isinstance(sample, Batch) else None
+    inputs = sample.inputs if isinstance(sample, Batch) else sample
     terms = [t for t in objective.terms if t.weight > 0 and callable(getattr(t, "prepare", None))]
     if not terms:
         return
@@ -179,7 +185,7 @@ def prepare_terms(
     if teacher is not None:
         t_out = eval_forward(teacher, inputs, objective.teacher_taps, "teacher")
     for term in terms:
-        term.prepare(s_out, t_out)  # type: ignore[operator]
+        term.prepare(s_out, t_out, batch)  # type: ignore[operator]
 
 
 def flat(x: Tensor) -> Tensor:

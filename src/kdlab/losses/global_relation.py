@@ -80,8 +80,10 @@ class GlobalRelation(FeatureTerm):
         self.student_block: NonLocalBlock | None = None
         self.teacher_block: NonLocalBlock | None = None
 
-    def prepare(self, student: ModelOutput, teacher: ModelOutput | None) -> None:
-        super().prepare(student, teacher)
+    def prepare(
+        self, student: ModelOutput, teacher: ModelOutput | None, sample: Batch | None = None
+    ) -> None:
+        super().prepare(student, teacher, sample)
         t = self._read(self._teacher(teacher), self.teacher_path, "teacher")
         channels = t.shape[1]
         inter = self.inter_channels or max(1, channels // 2)  # Wang et al.'s default

@@ -147,7 +147,7 @@ class MutualScheme(Scheme):
         for i, row in enumerate(self.objectives):
             for j, objective in enumerate(row):
                 if objective is not None:
-                    prepare_terms(objective, self.peers[i], self.peers[j], sample.inputs)
+                    prepare_terms(objective, self.peers[i], self.peers[j], sample)
 
     def peer_outputs(self, batch: Batch) -> list[ModelOutput]:
         """Every peer's output (with its taps) on ``batch``, in the peers' current modes.

@@ -96,7 +96,7 @@ class OfflineScheme(Scheme):
 
     def prepare(self, sample: Batch) -> None:
         # Terms with shape-dependent adapters build them now, so the optimizer includes them.
-        prepare_terms(self.objective, self.student, self.teacher, sample.inputs)
+        prepare_terms(self.objective, self.student, self.teacher, sample)
         if self.teacher_cache is not None:  # a new fit may bring other training data
             self.teacher_cache.clear()
 
