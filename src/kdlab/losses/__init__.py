@@ -2,8 +2,12 @@
 
 Response terms read logits (response.py); feature and relation terms read intermediate outputs
 captured by module path (feature.py, fitnets.py, attention.py, global_relation.py, lsp.py,
-relation.py, rkd.py, sp.py, pkt.py).
+relation.py, rkd.py, sp.py, pkt.py, …). Every module of this folder is imported here, so a new
+method is one new file whose class carries ``@register_term``.
 """
+
+import importlib
+import pkgutil
 
 from kdlab.losses.attention import (
     AttentionFeature,
@@ -31,6 +35,9 @@ from kdlab.losses.relation import Relation
 from kdlab.losses.response import CrossEntropy, LogitMSE, SoftCrossEntropy, SoftTarget, hinton_loss
 from kdlab.losses.rkd import RKDAngle, RKDDistance
 from kdlab.losses.sp import SimilarityPreserving
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "PKT",
