@@ -13,8 +13,13 @@
 
 Feature maps are ``[batch, channels, height, width]``. AT and spatial attention sum over
 channels, so the channel counts may differ (no adapter needed); differing spatial sizes are
-resized (parameter-free). Channel attention needs equal channel counts: ``adapter: auto`` adds a
-1×1 convolution on the student side.
+resized (parameter-free): by default the student's map is resized to the teacher's (pooled when
+larger, bilinear when smaller); ``at`` with ``resize: pool_larger`` instead adaptive-average-pools
+whichever map is larger down to the smaller one's size, as RepDistiller's and mdistiller's
+``at_loss`` do (they pool the features before forming Q). The two agree when the student's map is
+the larger; when it is the smaller, pool_larger compares at the student's resolution. Channel
+attention needs equal channel counts: ``adapter: auto`` adds a 1×1 convolution on the student
+side.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from torch import Tensor
 
 from kdlab.errors import ConfigError
 from kdlab.losses.base import register_term
+from kdlab.losses.connectors import Match, Resize
 from kdlab.losses.feature import FeatureTerm, flat
 from kdlab.types import Batch, ModelOutput
 
@@ -34,6 +40,30 @@ from kdlab.types import Batch, ModelOutput
 def attention_map(a: Tensor, p: float = 2.0) -> Tensor:
     """Zagoruyko & Komodakis' Q: Σ_c |A_c|^p flattened per sample and L2-normalised."""
     return F.normalize(flat(a.abs().pow(p).sum(1)), dim=1, eps=1e-12)
+
+
+RESIZE = ("student", "pool_larger")
+
+
+def same_size(f_s: Tensor, f_t: Tensor, resize: str = "student") -> tuple[Tensor, Tensor]:
+    """Maps [B, C, H, W] brought to one spatial size: ``student`` resizes the student's to the
+    teacher's (see connectors.Resize); ``pool_larger`` adaptive-average-pools each axis of the
+    larger map down to the smaller's (RepDistiller's at_loss)."""
+    if resize not in RESIZE:
+        raise ConfigError(f"resize must be one of {', '.join(RESIZE)}, got {resize!r}")
+    if f_s.shape[-2:] == f_t.shape[-2:]:
+        return f_s, f_t
+    if resize == "student":
+        return Resize(f_t.shape[-2:])(f_s), f_t
+    size = (min(f_s.shape[-2], f_t.shape[-2]), min(f_s.shape[-1], f_t.shape[-1]))
+    pool = [x if x.shape[-2:] == size else F.adaptive_avg_pool2d(x, size) for x in (f_s, f_t)]
+    return pool[0], pool[1]
+
+
+def at_loss(f_s: Tensor, f_t: Tensor, p: float = 2.0, resize: str = "student") -> Tensor:
+    """Attention transfer on maps [B, C, H, W]: mean_{b, j} (Q_S − Q_T)², Q = attention_map."""
+    f_s, f_t = same_size(f_s, f_t, resize)
+    return (attention_map(f_s, p) - attention_map(f_t, p)).pow(2).mean()
 
 
 @register_term
@@ -44,6 +74,8 @@ class AttentionTransfer(FeatureTerm):
     szagoruyko/attention-transfer: ``(at(x) − at(y)).pow(2).mean()``), where the sum over channels
     is a mean — the same after L2 normalisation. The paper writes the unsquared p-norm of the
     difference with a factor β/2 (β = 1000): set ``weight`` ≈ 500 to match the code's scale.
+    RepDistiller's AT uses this same value per pair (summed over pairs) with β = 1000, so its
+    weight carries over: ``weight: 1000``. ``resize``: see the module docstring.
     """
 
     kind = "at"
@@ -56,6 +88,7 @@ class AttentionTransfer(FeatureTerm):
         teacher: str | None = None,
         weight: float = 1.0,
         p: float = 2.0,
+        resize: str = "student",
         adapter: str = "auto",
         adapter_bn: bool = False,
         name: str | None = None,
@@ -63,17 +96,57 @@ class AttentionTransfer(FeatureTerm):
         super().__init__(student, teacher, weight, adapter, adapter_bn, name)
         if not p > 0:
             raise ConfigError(f"p must be > 0, got {p}")
-        self.p = float(p)
+        if resize not in RESIZE:
+            raise ConfigError(
+                f"resize must be one of {', '.join(RESIZE)} (pool_larger: pool the larger map "
+                f"down, as RepDistiller), got {resize!r}"
+            )
+        self.p, self.resize = float(p), resize
+
+    def adapter_match(self) -> Match:
+        # pool_larger may shrink the teacher's map, so the adapter must not resize the student's
+        return "batch" if self.resize == "pool_larger" else self.match
 
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch) -> Tensor:
         s, t = self.features(student, teacher)
-        return (attention_map(s, self.p) - attention_map(t, self.p)).pow(2).mean()
+        return at_loss(s, t, self.p, self.resize)
 
 
 def attention_mask(g: Tensor, temperature: float) -> Tensor:
     """n·softmax(G/τ) over G's n entries per sample: ×n keeps the mean at 1, so the mask scales
     features without shrinking them."""
     return g.shape[1] * torch.softmax(g / temperature, dim=1)
+
+
+def attention_descriptor(a: Tensor, axes: tuple[int, ...], temperature: float | None) -> Tensor:
+    """Zhang & Ma's G (|A| averaged over ``axes``, flattened) or its mask n·softmax(G/τ)."""
+    g = flat(a.abs().mean(axes))
+    return g if temperature is None else attention_mask(g, temperature)
+
+
+def attention_distance(
+    f_s: Tensor, f_t: Tensor, axes: tuple[int, ...], temperature: float | None, distance: str
+) -> Tensor:
+    """Mean L1 (``l1``) or squared (``l2``) distance of the two maps' attention descriptors."""
+    diff = attention_descriptor(f_s, axes, temperature) - attention_descriptor(
+        f_t, axes, temperature
+    )
+    # mean over batch and entries: the value does not grow with the map's size
+    return diff.abs().mean() if distance == "l1" else diff.pow(2).mean()
+
+
+def spatial_attention_loss(
+    f_s: Tensor, f_t: Tensor, temperature: float | None = 0.5, distance: str = "l1"
+) -> Tensor:
+    """Zhang & Ma's spatial attention loss on maps of equal spatial size."""
+    return attention_distance(f_s, f_t, (1,), temperature, distance)
+
+
+def channel_attention_loss(
+    f_s: Tensor, f_t: Tensor, temperature: float | None = 0.5, distance: str = "l1"
+) -> Tensor:
+    """Zhang & Ma's channel attention loss on maps with equal channel counts."""
+    return attention_distance(f_s, f_t, (2, 3), temperature, distance)
 
 
 class _AttentionMask(FeatureTerm):
@@ -104,14 +177,11 @@ class _AttentionMask(FeatureTerm):
 
     def attention(self, a: Tensor) -> Tensor:
         """G^S [B, H·W] or G^C [B, C]; as a mask n·softmax(G/τ) when τ is set."""
-        g = flat(a.abs().mean(self.reduce_axes))
-        return g if self.temperature is None else attention_mask(g, self.temperature)
+        return attention_descriptor(a, self.reduce_axes, self.temperature)
 
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch) -> Tensor:
         s, t = self.features(student, teacher)
-        diff = self.attention(s) - self.attention(t)
-        # mean over batch and entries: the value does not grow with the map's size
-        return diff.abs().mean() if self.distance == "l1" else diff.pow(2).mean()
+        return attention_distance(s, t, self.reduce_axes, self.temperature, self.distance)
 
 
 @register_term
@@ -133,6 +203,25 @@ class ChannelAttention(_AttentionMask):
     kind = "channel_attention"
     match = "channels"
     reduce_axes = (2, 3)
+
+
+def attention_masks(f_s: Tensor, f_t: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """(M^S [B, 1, H, W], M^C [B, C, 1, 1]) from both models' attention."""
+    b, c, h, w = f_t.shape
+    g_spatial = f_s.abs().mean(1) + f_t.abs().mean(1)  # G^S(A^S) + G^S(A^T)
+    g_channel = f_s.abs().mean((2, 3)) + f_t.abs().mean((2, 3))  # G^C(A^S) + G^C(A^T)
+    m_spatial = attention_mask(flat(g_spatial), temperature)
+    m_channel = attention_mask(g_channel, temperature)
+    return m_spatial.view(b, 1, h, w), m_channel.view(b, c, 1, 1)
+
+
+def attention_feature_loss(
+    f_s: Tensor, f_t: Tensor, temperature: float = 0.5, detach_masks: bool = True
+) -> Tensor:
+    """Zhang & Ma's attention-guided feature loss on (adapted) maps of equal shape."""
+    m_spatial, m_channel = attention_masks(f_s.detach() if detach_masks else f_s, f_t, temperature)
+    weighted = (f_t - f_s).pow(2) * m_spatial * m_channel
+    return flat(weighted).mean(1).mean()
 
 
 @register_term
@@ -168,15 +257,8 @@ class AttentionFeature(FeatureTerm):
 
     def masks(self, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """(M^S [B, 1, H, W], M^C [B, C, 1, 1]) from both models' attention."""
-        b, c, h, w = t.shape
-        g_spatial = s.abs().mean(1) + t.abs().mean(1)  # G^S(A^S) + G^S(A^T)
-        g_channel = s.abs().mean((2, 3)) + t.abs().mean((2, 3))  # G^C(A^S) + G^C(A^T)
-        m_spatial = attention_mask(flat(g_spatial), self.temperature)
-        m_channel = attention_mask(g_channel, self.temperature)
-        return m_spatial.view(b, 1, h, w), m_channel.view(b, c, 1, 1)
+        return attention_masks(s, t, self.temperature)
 
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch) -> Tensor:
         s, t = self.features(student, teacher)
-        m_spatial, m_channel = self.masks(s.detach() if self.detach_masks else s, t)
-        weighted = (t - s).pow(2) * m_spatial * m_channel
-        return flat(weighted).mean(1).mean()
+        return attention_feature_loss(s, t, self.temperature, self.detach_masks)

@@ -61,6 +61,14 @@ class Term(nn.Module):
     ) -> Tensor:
         raise NotImplementedError
 
+    @classmethod
+    def build_expanded(cls, spec: Mapping[str, Any]) -> Term | None:
+        """A term for ``spec`` (config parameters, ``type`` removed) that this class's
+        constructor cannot take as it is — e.g. lists of layer pairs given to a single-pair
+        feature term (see :mod:`kdlab.losses.pairs`) — or None: build ``cls(**spec)`` as usual.
+        Called by :func:`build_term` once the parameter names are known to be valid."""
+        return None
+
     def _teacher(self, teacher: ModelOutput | None) -> ModelOutput:
         if teacher is None:
             raise ConfigError(
@@ -156,6 +164,9 @@ def build_term(spec: Mapping[str, Any]) -> Term:
             f"loss {kind!r} has no parameter {', '.join(map(quote, unknown))}; "
             f"valid parameters: {', '.join(allowed)}"
         )
+    expanded = TERMS[kind].build_expanded(spec)
+    if expanded is not None:
+        return expanded
     _check_types(kind, spec)
     try:
         return TERMS[kind](**spec)

@@ -4,9 +4,12 @@ A feature term compares a student feature with a teacher feature; when their sha
 adapter (FitNets' "regressor") sits on the student side: a linear layer for vectors
 ``[batch, features]``, a 1×1 convolution (optionally + BatchNorm) for maps
 ``[batch, channels, height, width]``, and a parameter-free spatial resize when the map sizes
-differ. Adapters belong to the loss term, not to the student: they are trained with the student
-(the scheme's optimizer sees the objective's parameters), saved in its checkpoints, and absent
-from the exported student (``model.pt`` holds the student's weights only).
+differ. ``adapter: regressor`` builds RepDistiller's / mdistiller's hint regressor instead
+(see :func:`regressor`): convolution → BatchNorm → ReLU, the convolution's stride or
+transposition changing the map's size. Adapters belong to the loss term, not to the student: they
+are trained with the student (the scheme's optimizer sees the objective's parameters), saved in
+its checkpoints, and absent from the exported student (``model.pt`` holds the student's weights
+only).
 
 What "differ" means depends on the term (its ``match``): a FitNets hint compares whole
 tensors, attention transfer only needs equal spatial sizes (it sums over channels), channel
@@ -24,7 +27,7 @@ from torch import Tensor, nn
 
 from kdlab.errors import ConfigError
 
-ADAPTERS = ("none", "auto", "linear", "conv")
+ADAPTERS = ("none", "auto", "linear", "conv", "regressor")
 #: Which per-sample axes of the (adapted) student feature must equal the teacher's.
 Match = Literal["all", "channels", "spatial", "batch"]
 MATCH_TEXT = {
@@ -39,7 +42,8 @@ def check_adapter(adapter: str) -> str:
     if adapter not in ADAPTERS:
         raise ConfigError(
             f"adapter must be one of {', '.join(ADAPTERS)}, got {adapter!r} "
-            "(auto: build what the loss needs; none: shapes must already fit)"
+            "(auto: build what the loss needs; none: shapes must already fit; regressor: "
+            "RepDistiller's conv → BatchNorm → ReLU)"
         )
     return adapter
 
@@ -115,6 +119,8 @@ def build_connector(
                 "use adapter: conv for maps [batch, channels, height, width]"
             )
         return Connector(nn.Linear(s[0], t[0]))
+    if adapter == "regressor":
+        return regressor(s, t, where=where)
     if adapter == "conv":
         if len(s) != 3 or len(t) != 3:
             raise ConfigError(
@@ -143,6 +149,46 @@ def build_connector(
     )
 
 
+def regressor(student: Sequence[int], teacher: Sequence[int], *, where: str = "") -> Connector:
+    """RepDistiller's / mdistiller's hint regressor (``ConvReg``) from ``student`` to ``teacher``.
+
+    Maps ``[C, H, W]``: a convolution to the teacher's channels, then BatchNorm and ReLU. Its form
+    follows the ratio of the map sizes, as in the peers: equal sizes → 1×1 convolution (their
+    kernel is 1 + H_S − H_T); student twice the teacher → 3×3 convolution, stride 2, padding 1;
+    student half the teacher → 4×4 transposed convolution, stride 2, padding 1; any other larger
+    student → an unpadded convolution of kernel (1 + H_S − H_T, 1 + W_S − W_T). A smaller student
+    that is not half the teacher has no regressor (ConfigError). Vectors ``[features]``: linear →
+    BatchNorm → ReLU, the same block one rank down. The ReLU means the regressor cannot output
+    negative values: tap post-activation teacher features (as the peers do) or use ``conv``.
+    """
+    s, t = tuple(student), tuple(teacher)
+    if len(s) == len(t) == 1:
+        return Connector(nn.Linear(s[0], t[0], bias=False), nn.BatchNorm1d(t[0]), nn.ReLU())
+    if not len(s) == len(t) == 3:
+        raise ConfigError(
+            f"{where}adapter 'regressor' maps [C, H, W] maps to maps or vectors to vectors, but "
+            f"got student feature {s} and teacher feature {t}; tap modules with outputs of "
+            "matching rank"
+        )
+    (c_s, h_s, w_s), (c_t, h_t, w_t) = s, t
+    conv: nn.Module
+    if (h_s, w_s) == (2 * h_t, 2 * w_t):
+        conv = nn.Conv2d(c_s, c_t, kernel_size=3, stride=2, padding=1, bias=False)
+    elif (2 * h_s, 2 * w_s) == (h_t, w_t):
+        conv = nn.ConvTranspose2d(c_s, c_t, kernel_size=4, stride=2, padding=1, bias=False)
+    elif h_s >= h_t and w_s >= w_t:  # equal sizes: a 1×1 convolution
+        conv = nn.Conv2d(c_s, c_t, kernel_size=(1 + h_s - h_t, 1 + w_s - w_t), bias=False)
+    else:
+        raise ConfigError(
+            f"{where}adapter 'regressor' maps a student map of size {h_s}×{w_s} to a teacher "
+            f"map of {h_t}×{w_t} (student {s}, teacher {t}) only when the student's is at least "
+            "as large or exactly half; use adapter: conv (1×1 conv + resize) or auto, or tap "
+            "layers whose map sizes are equal, double or half"
+        )
+    # bias-free: the BatchNorm that follows has its own shift
+    return Connector(conv, nn.BatchNorm2d(c_t), nn.ReLU())
+
+
 def _conv(c_in: int, c_out: int, batch_norm: bool) -> list[nn.Module]:
     conv = nn.Conv2d(c_in, c_out, kernel_size=1, bias=not batch_norm)
     return [conv, nn.BatchNorm2d(c_out)] if batch_norm else [conv]
@@ -155,5 +201,6 @@ __all__ = [
     "Resize",
     "build_connector",
     "check_adapter",
+    "regressor",
     "shapes_fit",
 ]

@@ -7,13 +7,19 @@ It owns its adapter (:mod:`kdlab.losses.connectors`), built by :func:`prepare_te
 sample batch before the optimizers exist, so the adapter is trained with the student.
 
 Every subclass gets, for free: clear errors for missing/odd features, detached teacher
-features (gradients reach only the student and the adapter), half-precision upcast, and the
-batch-size check of losses that compare samples within a batch.
+features (gradients reach only the student and the adapter), half-precision upcast, the
+batch-size check of losses that compare samples within a batch, and lists of layer pairs:
+``{type: at, student: [a, b], teacher: [x, y]}`` builds one copy of the term per pair, each
+with its own adapter, and sums their values (:mod:`kdlab.losses.pairs`, as RepDistiller and
+torchdistill do). A subclass whose ``student``/``teacher`` parameters take several layers by
+design sets ``pairs_by_list = False`` (annotating them as anything but ``str | None`` also opts
+out).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +29,7 @@ from kdlab.errors import ConfigError
 from kdlab.inference import eval_forward
 from kdlab.losses.base import Objective, Term
 from kdlab.losses.connectors import Connector, Match, build_connector, check_adapter, shapes_fit
+from kdlab.losses.pairs import is_path_list, layer_pairs, takes_single_paths
 from kdlab.types import Batch, Inputs, ModelOutput
 
 
@@ -35,6 +42,17 @@ class FeatureTerm(Term):
     ranks: ClassVar[tuple[int, ...]] = ()
     #: Smallest batch the loss is defined for (relation losses compare samples: ≥ 2).
     min_batch: ClassVar[int] = 1
+    #: Whether lists ``student: [a, b]``, ``teacher: [x, y]`` mean one copy of the term per pair
+    #: (summed). Terms that read several layers by design set False and take the lists themselves.
+    pairs_by_list: ClassVar[bool] = True
+
+    @classmethod
+    def build_expanded(cls, spec: Mapping[str, Any]) -> Term | None:
+        """One copy of the term per (student, teacher) pair when the spec lists several."""
+        paths = (spec.get("student"), spec.get("teacher"))
+        if cls.pairs_by_list and any(map(is_path_list, paths)) and takes_single_paths(cls):
+            return layer_pairs(cls.kind, spec)
+        return None
 
     def __init__(
         self,
@@ -68,6 +86,11 @@ class FeatureTerm(Term):
     def teacher_path(self) -> str:
         return self.teacher_taps[0]
 
+    def adapter_match(self) -> Match:
+        """Which axes the adapter must make agree; ``match`` unless an option changes it (e.g.
+        ``at`` with ``resize: pool_larger`` pools the teacher instead)."""
+        return self.match
+
     def _where(self) -> str:
         return (
             f"loss term {self.name!r} ({self.kind}, student {self.student_path!r} → teacher "
@@ -93,7 +116,7 @@ class FeatureTerm(Term):
                 f"student {s_shape} and teacher {t_shape}; tap convolutional blocks"
             )
         connector = build_connector(
-            self.adapter, s_shape, t_shape, self.match,
+            self.adapter, s_shape, t_shape, self.adapter_match(),
             batch_norm=self.adapter_bn, where=self._where(),
         )  # fmt: skip
         self.connector = connector.to(device=s.device, dtype=s.dtype)
@@ -153,7 +176,7 @@ class FeatureTerm(Term):
                 "of one run must all have the same size"
             )
         s = connector(s)
-        if not shapes_fit(s.shape[1:], t.shape[1:], self.match):  # a bug, not a user error
+        if not shapes_fit(s.shape[1:], t.shape[1:], self.adapter_match()):  # a bug, not the user's
             raise RuntimeError(f"{self._where()}adapter produced {tuple(s.shape[1:])}")
         return s, t.to(s.dtype)
 

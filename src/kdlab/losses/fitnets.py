@@ -5,6 +5,14 @@ the term's adapter (a 1×1 convolution for maps, a linear layer for vectors; Fit
 convolution). In the paper, stage 1 trains the student up to its guided layer on this loss alone
 and stage 2 runs soft-target KD on the whole student: use ``distill.stages``
 (kdlab.schemes.offline) with ``trainable`` listing the guided part in stage 1.
+
+Peers: RepDistiller and mdistiller regress with ``ConvReg`` (conv → BatchNorm → ReLU, here
+``adapter: regressor``) and take ``nn.MSELoss()`` — the mean over every element, no ½ — with
+weight β = 100 (RepDistiller's FitNet recipe, in one stage beside CE and KD). kdlab's default
+``batchmean`` follows the paper; ``reduction: mse`` gives the peers' value, so their β carries
+over unchanged: batchmean = ½·(C·H·W)·mse and mean = ½·mse, so β = 100 under ``mse`` is
+200/(C·H·W) under ``batchmean`` (C·H·W the teacher hint's elements per sample) and 200 under
+``mean``.
 """
 
 from __future__ import annotations
@@ -16,6 +24,24 @@ from kdlab.losses.base import register_term
 from kdlab.losses.feature import FeatureTerm, flat
 from kdlab.types import Batch, ModelOutput
 
+REDUCTIONS = ("batchmean", "mean", "mse")
+
+
+def hint_loss(f_s: Tensor, f_t: Tensor, reduction: str = "batchmean") -> Tensor:
+    """FitNets' hint on (already regressed) student features ``f_s`` and teacher ``f_t``.
+
+    ``batchmean``: ½·(1/B)·Σ_b ‖f_t,b − f_s,b‖²; ``mean``: ½·mean of (f_t − f_s)²; ``mse``:
+    mean of (f_t − f_s)² (= ``F.mse_loss``, the peers' value).
+    """
+    if reduction not in REDUCTIONS:
+        raise ConfigError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+    squared = flat(f_t - f_s).pow(2)
+    if reduction == "mse":
+        return squared.mean()
+    if reduction == "mean":
+        return 0.5 * squared.mean()
+    return 0.5 * squared.sum(1).mean()
+
 
 @register_term
 class Hint(FeatureTerm):
@@ -26,6 +52,8 @@ class Hint(FeatureTerm):
       number of elements, which matters only relative to other terms' weights.
     - ``mean``: ½ · mean over every element (what RepDistiller/torchdistill's ``MSELoss`` give,
       halved) = batchmean / elements-per-sample; handy when mixing with KD in one stage.
+    - ``mse``: mean over every element, not halved — exactly ``nn.MSELoss()``, the peers'
+      value, so their weights (RepDistiller's β = 100) carry over unchanged.
     """
 
     kind = "hint"
@@ -42,13 +70,13 @@ class Hint(FeatureTerm):
         name: str | None = None,
     ) -> None:
         super().__init__(student, teacher, weight, adapter, adapter_bn, name)
-        if reduction not in ("batchmean", "mean"):
-            raise ConfigError(f"reduction must be 'batchmean' or 'mean', got {reduction!r}")
+        if reduction not in REDUCTIONS:
+            raise ConfigError(
+                f"reduction must be one of {', '.join(REDUCTIONS)} (mse: the peers' "
+                f"nn.MSELoss), got {reduction!r}"
+            )
         self.reduction = reduction
 
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch) -> Tensor:
         s, t = self.features(student, teacher)
-        squared = flat(t - s).pow(2)
-        if self.reduction == "mean":
-            return 0.5 * squared.mean()
-        return 0.5 * squared.sum(1).mean()
+        return hint_loss(s, t, self.reduction)

@@ -67,6 +67,39 @@ PHI = ("distance", "cosine")
 CRITERIA = ("l1", "l2", "ce")
 
 
+def relation_matrix(x: Tensor, relation: str) -> Tensor:
+    """φ over the rows of ``x``: mean-normalised distances or cosine similarities, [B, B]."""
+    return mean_normalised_distance(x) if relation == "distance" else cosine_similarity_matrix(x)
+
+
+def relation_loss(
+    f_s: Tensor,
+    f_t: Tensor,
+    relation: str = "distance",
+    criterion: str = "l2",
+    temperature: float = 1.0,
+) -> Tensor:
+    """Seed 001's L(φ_t(t_i, t_j), φ_s(s_i, s_j)) over the ordered pairs i ≠ j (see Relation)."""
+    if relation not in PHI or criterion not in CRITERIA:
+        raise ConfigError(
+            f"relation must be one of {', '.join(PHI)} and criterion one of "
+            f"{', '.join(CRITERIA)}, got {relation!r} and {criterion!r}"
+        )
+    s, t = flat(f_s), flat(f_t)
+    ps, pt = relation_matrix(s, relation), relation_matrix(t, relation)
+    n = len(s)
+    mask = off_diagonal(n, s.device)
+    if criterion == "l1":
+        return (ps - pt)[mask].abs().mean()
+    if criterion == "l2":
+        return (ps - pt)[mask].pow(2).mean()
+    sign = -1.0 if relation == "distance" else 1.0
+    # rows without the diagonal: [B, B−1] logits per anchor
+    ls = (sign * ps / temperature)[mask].view(n, n - 1)
+    lt = (sign * pt / temperature)[mask].view(n, n - 1)
+    return -(torch.softmax(lt, 1) * torch.log_softmax(ls, 1)).sum(1).mean()
+
+
 @register_term
 class Relation(RelationTerm):
     """Seed 001's L(φ_t(t_i, t_j), φ_s(s_i, s_j)) over the ordered pairs i ≠ j of a batch.
@@ -103,24 +136,11 @@ class Relation(RelationTerm):
         self.relation, self.criterion, self.temperature = relation, criterion, float(temperature)
 
     def phi(self, x: Tensor) -> Tensor:
-        if self.relation == "distance":
-            return mean_normalised_distance(x)
-        return cosine_similarity_matrix(x)
+        return relation_matrix(x, self.relation)
 
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch) -> Tensor:
         s, t = self.flat_features(student, teacher)
-        ps, pt = self.phi(s), self.phi(t)
-        mask = off_diagonal(len(s), s.device)
-        if self.criterion == "l1":
-            return (ps - pt)[mask].abs().mean()
-        if self.criterion == "l2":
-            return (ps - pt)[mask].pow(2).mean()
-        sign = -1.0 if self.relation == "distance" else 1.0
-        n = len(s)
-        # rows without the diagonal: [B, B−1] logits per anchor
-        ls = (sign * ps / self.temperature)[mask].view(n, n - 1)
-        lt = (sign * pt / self.temperature)[mask].view(n, n - 1)
-        return -(torch.softmax(lt, 1) * torch.log_softmax(ls, 1)).sum(1).mean()
+        return relation_loss(s, t, self.relation, self.criterion, self.temperature)
 
 
 __all__ = [
@@ -130,4 +150,6 @@ __all__ = [
     "mean_normalised_distance",
     "off_diagonal",
     "pairwise_distance",
+    "relation_loss",
+    "relation_matrix",
 ]

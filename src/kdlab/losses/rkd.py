@@ -9,7 +9,10 @@
 
 Huber is the paper's l_δ with δ = 1 (``smooth_l1_loss``). Reduction: the paper sums over pairs;
 the authors' code averages over all B² (B³) entries including the degenerate ones, i.e. ours
-times (B−1)/B (resp. (B−1)(B−2)/B²). Their weights were 25 (distance) and 50 (angle).
+times (B−1)/B (resp. (B−1)(B−2)/B²). Their weights were 25 (distance) and 50 (angle);
+RepDistiller's ``RKDLoss`` has the same reduction as the authors' code and the same 25/50
+inside (its β = 1). In kdlab use weight 25·(B−1)/B and 50·(B−1)(B−2)/B² for their values
+(about 24.6 and 48.5 at B = 64), or simply 25 and 50: the gap is under 2 % at B = 64.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdlab.losses.base import register_term
+from kdlab.losses.feature import flat
 from kdlab.losses.relation import (
     RelationTerm,
     mean_normalised_distance,
@@ -26,6 +30,15 @@ from kdlab.losses.relation import (
     pairwise_distance,
 )
 from kdlab.types import Batch, ModelOutput
+
+
+def rkd_distance_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
+    """Huber(ψ_D(s_i, s_j), ψ_D(t_i, t_j)), mean over the ordered pairs i ≠ j (features
+    flattened per sample)."""
+    s, t = flat(f_s), flat(f_t)
+    mask = off_diagonal(len(s), s.device)
+    ds, dt = mean_normalised_distance(s)[mask], mean_normalised_distance(t)[mask]
+    return F.smooth_l1_loss(ds, dt, beta=1.0)
 
 
 @register_term
@@ -36,9 +49,7 @@ class RKDDistance(RelationTerm):
 
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch) -> Tensor:
         s, t = self.flat_features(student, teacher)
-        mask = off_diagonal(len(s), s.device)
-        ds, dt = mean_normalised_distance(s)[mask], mean_normalised_distance(t)[mask]
-        return F.smooth_l1_loss(ds, dt, beta=1.0)
+        return rkd_distance_loss(s, t)
 
 
 def angle_matrix(x: Tensor, eps: float = 1e-12) -> Tensor:
@@ -61,6 +72,13 @@ def distinct_triples(n: int, device: torch.device | None = None) -> Tensor:
     return off.unsqueeze(2) & off.unsqueeze(1) & off.unsqueeze(0)
 
 
+def rkd_angle_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
+    """Huber(ψ_A(s…), ψ_A(t…)), mean over the ordered triples of distinct samples (≥ 3)."""
+    s, t = flat(f_s), flat(f_t)
+    mask = distinct_triples(len(s), s.device)
+    return F.smooth_l1_loss(angle_matrix(s)[mask], angle_matrix(t)[mask], beta=1.0)
+
+
 @register_term
 class RKDAngle(RelationTerm):
     """Huber(ψ_A(s_i, s_j, s_k), ψ_A(t_i, t_j, t_k)), mean over ordered distinct triples."""
@@ -70,5 +88,4 @@ class RKDAngle(RelationTerm):
 
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch) -> Tensor:
         s, t = self.flat_features(student, teacher)
-        mask = distinct_triples(len(s), s.device)
-        return F.smooth_l1_loss(angle_matrix(s)[mask], angle_matrix(t)[mask], beta=1.0)
+        return rkd_angle_loss(s, t)
