@@ -35,6 +35,10 @@ def on_digits_for_one_epoch(path: Path) -> dict:
     for key in ("pretrain_epochs", "early_epochs"):
         if key in options:
             options[key] = 1
+    for stage in [raw["distill"], *raw["distill"].get("stages", [])]:
+        for term in stage.get("loss") or []:
+            if "warmup" in term:  # DKD's warm-up may not outlast the one epoch
+                term["warmup"] = min(term["warmup"], 1)
     return raw
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -23,6 +24,21 @@ def _check_temperature(temperature: float) -> float:
     if not math.isfinite(temperature) or temperature <= 0:
         raise ConfigError(f"temperature must be a finite number > 0, got {temperature}")
     return temperature
+
+
+def standardize_logits(logits: Tensor, eps: float = 1e-12) -> Tensor:
+    """Z-score each sample's logits over the classes: (z − mean(z)) / σ(z) (Sun et al. 2024).
+
+    σ is the population standard deviation, sqrt(mean((z − mean z)²)), as in the paper's
+    Algorithm 1; the authors' code uses ``torch.std`` (the N−1 sample deviation) plus 1e-7, which
+    equals kdlab's result times sqrt((N−1)/N), i.e. a base temperature larger by sqrt(N/(N−1)).
+    ``eps`` is added to the variance, not to σ, so constant logits give zeros with a finite
+    gradient. Computed in float32 or wider.
+    """
+    x = at_least_float32(logits)
+    centred = x - x.mean(-1, keepdim=True)
+    variance = centred.square().mean(-1, keepdim=True)
+    return centred / torch.sqrt(variance + eps)
 
 
 def _check_classes(z: Tensor, v: Tensor) -> None:
@@ -61,6 +77,12 @@ class SoftTarget(Term):
     scale independent of T (seed 003 eq. 1.11). As T → ∞ with zero-mean logits T²·KL tends to
     half the squared logit distance averaged over classes, i.e. logit matching (seed 002).
     The teacher's logits are detached: gradients reach only the student.
+
+    ``standardize`` z-scores both models' logits first (:func:`standardize_logits`; Sun et al.,
+    "Logit Standardization in Knowledge Distillation", CVPR 2024), so the loss ignores each
+    sample's logit shift and scale and compares only their pattern. T is then the paper's "base
+    temperature" (its runs: T = 2, CE weight 0.1, KD weight 9) and T² still multiplies the loss,
+    as in the paper's Algorithm 2 and code.
     """
 
     kind = "soft_target"
@@ -74,6 +96,7 @@ class SoftTarget(Term):
         direction: str = "forward",
         t2_scaling: bool = True,
         name: str | None = None,
+        standardize: bool = False,  # last, so the earlier parameters keep their positions
     ) -> None:
         super().__init__(weight, name)
         self.temperature = _check_temperature(temperature)
@@ -86,12 +109,15 @@ class SoftTarget(Term):
         self.divergence_name, self.alpha = divergence, alpha
         self.direction = direction
         self.t2_scaling = bool(t2_scaling)
+        self.standardize = bool(standardize)
 
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch) -> Tensor:
-        v = self._teacher(teacher).logits.detach()
-        _check_classes(student.logits, v)
+        z, v = student.logits, self._teacher(teacher).logits.detach()
+        _check_classes(z, v)
+        if self.standardize:
+            z, v = standardize_logits(z), standardize_logits(v)
         log_p = temperature_softmax(v, self.temperature)
-        log_q = temperature_softmax(student.logits, self.temperature)
+        log_q = temperature_softmax(z, self.temperature)
         per_sample = (
             self.divergence(log_p, log_q)
             if self.direction == "forward"
@@ -105,6 +131,7 @@ class SoftTarget(Term):
         return (
             f"{super().extra_repr()}, T={self.temperature}, divergence={self.divergence_name}"
             f"{alpha}, direction={self.direction}"
+            + (", standardize=True" if self.standardize else "")
         )
 
 
