@@ -211,6 +211,8 @@ CONFIG_CONSTRUCTORS = {
     "kdlab.models.mps:StackedMPS.__init__",
     "kdlab.losses.lsp:LocalStructure.__init__",
     "kdlab.losses.relation:Relation.__init__",
+    "kdlab.losses.crd:CRD.__init__",
+    "kdlab.losses.pkt:PKT.__init__",
     "kdlab.cli:run",
 }
 
