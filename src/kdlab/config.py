@@ -61,13 +61,14 @@ class StageConfig(Strict):
     @field_validator("trainable")
     @classmethod
     def _paths(cls, paths: str | list[str]) -> str | list[str]:
-        if paths == "all" or (
+        if paths in ("all", "none") or (
             isinstance(paths, list) and paths and all(isinstance(p, str) and p for p in paths)
         ):
             return paths
         raise ValueError(
             f"trainable must be 'all' or a non-empty list of module paths of the student, "
-            f"e.g. [features.0, features.1]; got {quote(paths)}"
+            f"e.g. [features.0, features.1], or 'none' (only the loss terms' own parts train, "
+            f"e.g. factor transfer's paraphraser); got {quote(paths)}"
         )
 
 

@@ -208,7 +208,7 @@ def _check_losses(
         objective = _objective(stage.loss, f"{where}.loss")
         _taps(objective, f"{where}.loss", learners, teachers)
         _batches(objective, where, n_train, merge_settings(base, stage.train).batch_size)
-        if stage.trainable != "all":
+        if stage.trainable not in ("all", "none"):
             try:
                 with train_only(student, stage.trainable, "student"):
                     pass

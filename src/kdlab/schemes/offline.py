@@ -22,23 +22,31 @@ only), schedule, checkpoint, history and test metrics — because a stage *is* a
 its own loss and settings. The last stage's run has role ``distilled`` (what tables compare with
 the student alone); earlier ones ``distilled-stage1``, …. Adapters belong to their stage's loss
 terms, so the exported student (``model.pt``) never contains them.
+
+``trainable: none`` freezes the whole student for a stage in which only the terms' own parts
+train (e.g. factor transfer's paraphraser). A term of a later stage with the *same name and kind*
+as a term of an earlier stage starts from that term's trained state (parameters and buffers,
+loaded after ``prepare``, before the optimizer is built; entries the later term lacks are
+skipped): a module trained in one stage carries over to the next — give a term another name to
+start it afresh.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from kdlab.config import StageConfig
 from kdlab.data import DataSplits
 from kdlab.engine import EpochCallback
 from kdlab.errors import ConfigError
-from kdlab.freeze import hold_frozen_in_eval, train_only
+from kdlab.freeze import hold_frozen_in_eval, no_param_grads, train_only
 from kdlab.health import TrainingNotice
 from kdlab.inference import batch_accuracy
 from kdlab.losses import Objective, Term, build_objective, check_batch_sizes, prepare_terms
@@ -52,6 +60,8 @@ from kdlab.types import Batch, ModelOutput
 
 #: A loss as the Python API takes it: term objects or specs, or a built objective.
 LossSpec = Sequence[Term | Mapping[str, Any]] | Objective
+#: Trained term states by term name: (kind, state dict), carried from stage to stage.
+TermStates = dict[str, tuple[str, dict[str, Tensor]]]
 
 
 def as_objective(loss: LossSpec) -> Objective:
@@ -67,6 +77,7 @@ class OfflineScheme(Scheme):
         objective: Objective,
         teacher: nn.Module | None = None,
         cache_teacher: bool = True,
+        carried: Mapping[str, tuple[str, Mapping[str, Tensor]]] | None = None,
     ):
         if objective.needs_teacher and teacher is None:
             names = [t.name for t in objective.terms if t.needs_teacher]
@@ -84,6 +95,7 @@ class OfflineScheme(Scheme):
         # Feature terms need the teacher's tapped activations, which are not cached.
         use_cache = cache_teacher and teacher is not None and not objective.teacher_taps
         self.teacher_cache = TeacherCache(teacher) if use_cache else None
+        self.carried = carried or {}
 
     def trainable(self) -> dict[str, nn.Module]:
         return {"model": self.student, "objective": self.objective}
@@ -97,6 +109,7 @@ class OfflineScheme(Scheme):
     def prepare(self, sample: Batch) -> None:
         # Terms with shape-dependent adapters build them now, so the optimizer includes them.
         prepare_terms(self.objective, self.student, self.teacher, sample)
+        load_term_states(self.objective, self.carried)
         if self.teacher_cache is not None:  # a new fit may bring other training data
             self.teacher_cache.clear()
 
@@ -139,12 +152,55 @@ def fit_offline(
     callbacks: Sequence[EpochCallback] = (),
 ) -> RunResult:
     """Train ``model`` on ``loss`` (distilling ``teacher``, if given) and record the run."""
+    scheme = offline_scheme(model, data, as_objective(loss), settings, teacher)
+    return fit(scheme, data, settings, run or RunInfo(), recorder, callbacks)
+
+
+def offline_scheme(
+    model: nn.Module,
+    data: DataSplits,
+    objective: Objective,
+    settings: TrainSettings,
+    teacher: nn.Module | None = None,
+    carried: Mapping[str, tuple[str, Mapping[str, Tensor]]] | None = None,
+) -> OfflineScheme:
     cache = settings.cache_teacher
     if cache and teacher is not None and data.train.augment is not None:
-        warnings.warn(TrainingNotice(CACHE_OFF), stacklevel=2)
+        warnings.warn(TrainingNotice(CACHE_OFF), stacklevel=3)
         cache = False
-    scheme = OfflineScheme(model, as_objective(loss), teacher, cache)
-    return fit(scheme, data, settings, run or RunInfo(), recorder, callbacks)
+    return OfflineScheme(model, objective, teacher, cache, carried)
+
+
+def term_states(objective: Objective) -> TermStates:
+    """Each term's trained state (copies), by name, for the terms that have any."""
+    return {
+        term.name: (term.kind, {k: v.detach().clone() for k, v in term.state_dict().items()})
+        for term in objective.terms
+        if term.state_dict()
+    }
+
+
+def load_term_states(
+    objective: Objective, states: Mapping[str, tuple[str, Mapping[str, Tensor]]]
+) -> None:
+    """Start each term from the state of an earlier term of the same name and kind (the entries
+    both have; the rest of the term keeps its fresh initialisation)."""
+    for term in objective.terms:
+        kind, state = states.get(term.name, ("", {}))
+        if kind != term.kind:
+            continue
+        own = term.state_dict()
+        shared = {k: v for k, v in state.items() if k in own}
+        for key, value in shared.items():
+            if value.shape != own[key].shape:
+                raise ConfigError(
+                    f"loss term {term.name!r} ({term.kind}) starts from the trained term of the "
+                    f"same name in an earlier stage, but its {key} has shape "
+                    f"{tuple(own[key].shape)} there {tuple(value.shape)}; give one of them "
+                    "another name (name: ...) to train it afresh"
+                )
+        if shared:
+            term.load_state_dict(shared, strict=False)
 
 
 CACHE_OFF = (
@@ -159,6 +215,7 @@ class Stage:
 
     loss: LossSpec
     settings: TrainSettings | None = None
+    #: The student's module paths that train, "all", or "none" (only the terms' own parts).
     trainable: Sequence[str] | str = "all"
     name: str | None = None
 
@@ -178,12 +235,14 @@ def fit_stages(
     """Train ``student`` through ``stages`` in order; one :class:`RunResult` per stage.
 
     ``run`` names the last stage's run (default role ``distilled``); earlier stages get the
-    role suffixed ``-stage<i>``. A stage without settings trains with default settings.
+    role suffixed ``-stage<i>``. A stage without settings trains with default settings. Terms
+    carry their trained state to later terms of the same name and kind (module docstring).
     """
     if not stages:
         raise ConfigError("fit_stages needs at least one stage")
     run = run or RunInfo("distilled")
     n, runs = len(stages), []
+    carried: TermStates = {}
     for i, stage in enumerate(stages):
         settings = stage.settings or TrainSettings()
         objective = as_objective(stage.loss)
@@ -194,10 +253,22 @@ def fit_stages(
             role=run.role if i == n - 1 else f"{run.role}-stage{i + 1}",
             name=f"{run.label} stage {i + 1}/{n}{label}", config={"stage": info},
         )  # fmt: skip
-        with train_only(student, stage.trainable, "student"):
-            runs.append(fit_offline(student, data, objective, settings, teacher, stage_run,
-                                    recorder))  # fmt: skip
+        scheme = offline_scheme(student, data, objective, settings, teacher, carried)
+        with stage_trainable(student, stage.trainable):
+            runs.append(fit(scheme, data, settings, stage_run, recorder))
+        carried.update(term_states(objective))
     return runs
+
+
+@contextmanager
+def stage_trainable(student: nn.Module, trainable: Sequence[str] | str) -> Iterator[None]:
+    """Freeze the student outside ``trainable`` (paths, "all", or "none": freeze all of it)."""
+    if trainable == "none":
+        with no_param_grads(student):
+            yield
+        return
+    with train_only(student, trainable, "student"):
+        yield
 
 
 def run_offline(ctx: DistillContext) -> list[RunResult]:
@@ -220,6 +291,10 @@ __all__ = [
     "as_objective",
     "fit_offline",
     "fit_stages",
+    "load_term_states",
+    "offline_scheme",
     "run_offline",
+    "stage_trainable",
     "stages_from_config",
+    "term_states",
 ]
