@@ -1,0 +1,208 @@
+"""Numerical tests of neuron selectivity transfer (kdlab.losses.nst) and correlation congruence
+(kdlab.losses.cc).
+
+References are float64 loops in numpy written from the papers' formulas: NST's squared MMD
+between the L2-normalised channel maps with the polynomial kernel (Huang & Wang 2017), and CC's
+batch correlation matrix with the Taylor-expanded Gaussian RBF kernel (Peng et al. 2019).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from feature_helpers import outputs, rand, value
+from kdlab.errors import ConfigError
+from kdlab.losses import build_term
+from kdlab.losses.cc import CorrelationCongruence, cc_loss, correlation_matrix
+from kdlab.losses.nst import NeuronSelectivityTransfer, nst_loss
+
+
+def assert_grad_only_to_student(term, s: torch.Tensor, t: torch.Tensor) -> None:
+    s = s.clone().requires_grad_(True)
+    t = t.clone().requires_grad_(True)  # a teacher feature that *could* take a gradient
+    so, to, batch = outputs(s, t)
+    term.prepare(so, to)
+    term.double()
+    term(so, to, batch).backward()
+    assert t.grad is None
+    assert s.grad is not None and s.grad.abs().sum() > 0
+    for p in term.parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# NST
+# ---------------------------------------------------------------------------------------------
+
+
+def mmd_reference(s: np.ndarray, t: np.ndarray, degree: int, constant: float) -> float:
+    """Batch mean of the paper's MMD² with explicit loops over every pair of channels."""
+
+    def channels(a):
+        return [a[k].ravel() / np.linalg.norm(a[k].ravel()) for k in range(a.shape[0])]
+
+    def kernel(x, y):
+        return (float(x @ y) + constant) ** degree
+
+    values = []
+    for b in range(len(s)):
+        fs, ft = channels(s[b]), channels(t[b])
+        tt = sum(kernel(x, y) for x in ft for y in ft) / len(ft) ** 2
+        ss = sum(kernel(x, y) for x in fs for y in fs) / len(fs) ** 2
+        st = sum(kernel(x, y) for x in fs for y in ft) / (len(fs) * len(ft))
+        values.append(tt + ss - 2 * st)
+    return sum(values) / len(values)
+
+
+@pytest.mark.parametrize(("degree", "constant"), [(2, 0.0), (3, 0.5), (1, 0.0)])
+def test_nst_matches_the_mmd_reference(degree: int, constant: float) -> None:
+    s, t = rand(3, 4, 5, 5), rand(3, 6, 5, 5, seed=1)  # channel counts differ: no adapter
+    term = NeuronSelectivityTransfer(student="s", teacher="t", degree=degree, constant=constant)
+    ref = mmd_reference(s.numpy(), t.numpy(), degree, constant)
+    assert ref > 1e-3
+    assert value(term, s, t) == pytest.approx(ref, rel=1e-10)
+    assert len(term.connector) == 0
+
+
+def test_nst_resizes_the_student_map_to_the_teachers_size() -> None:
+    s, t = rand(2, 3, 8, 8), rand(2, 5, 4, 4, seed=1)
+    pooled = s.numpy().reshape(2, 3, 4, 2, 4, 2).mean(axis=(3, 5))  # 2×2 average pooling
+    ref = mmd_reference(pooled, t.numpy(), 2, 0.0)
+    assert value(NeuronSelectivityTransfer(student="s", teacher="t"), s, t) == pytest.approx(
+        ref, rel=1e-10
+    )
+
+
+def test_nst_is_zero_for_the_same_channel_distribution() -> None:
+    s = rand(3, 4, 5, 5)
+    term = NeuronSelectivityTransfer(student="s", teacher="t")
+    assert value(term, s, s.clone()) == pytest.approx(0.0, abs=1e-12)
+    # the teacher holds every student channel twice, scaled: the same normalised distribution
+    doubled = torch.cat([2.0 * s, 0.5 * s.flip(1)], dim=1)
+    assert value(term, s, doubled) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_nst_mmd_is_never_negative() -> None:
+    for seed in range(10):
+        s, t = rand(2, 3, 4, 4, seed=seed).abs(), rand(2, 7, 4, 4, seed=seed + 100)
+        for degree, constant in ((1, 0.0), (2, 0.0), (3, 1.0)):
+            assert float(nst_loss(s, t, degree=degree, constant=constant)) >= -1e-12
+
+
+def test_nst_gradients_reach_only_the_student() -> None:
+    assert_grad_only_to_student(
+        NeuronSelectivityTransfer(student="s", teacher="t"), rand(2, 3, 4, 4), rand(2, 5, 4, 4)
+    )
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"degree": 0}, "degree must be a whole number"),
+        ({"degree": 1.5}, "degree must be an integer"),
+        ({"constant": -1.0}, "constant must be ≥ 0"),
+        ({"student": None}, "needs the student's module path"),
+        ({"kernel": "poly"}, "valid parameters"),
+    ],
+)
+def test_nst_rejects_bad_parameters(params: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        build_term({"type": "nst", "student": "s", "teacher": "t", **params})
+
+
+def test_nst_rejects_vectors_and_the_functional_rejects_unequal_positions() -> None:
+    term = NeuronSelectivityTransfer(student="s", teacher="t")
+    so, to, _ = outputs(rand(2, 6), rand(2, 6, seed=1))
+    with pytest.raises(ConfigError, match=r"rank 3.*tap convolutional blocks"):
+        term.prepare(so, to)
+    with pytest.raises(ValueError, match="resize one map first"):
+        nst_loss(rand(2, 3, 4, 4), rand(2, 3, 2, 2))
+
+
+# ---------------------------------------------------------------------------------------------
+# CC
+# ---------------------------------------------------------------------------------------------
+
+
+def taylor_kernel(x: np.ndarray, y: np.ndarray, gamma: float, order: int) -> float:
+    u, v = x / np.linalg.norm(x), y / np.linalg.norm(y)
+    c = float(u @ v)
+    return sum(
+        math.exp(-2 * gamma) * (2 * gamma) ** p / math.factorial(p) * c**p for p in range(order + 1)
+    )
+
+
+def cc_reference(s: np.ndarray, t: np.ndarray, gamma: float, order: int) -> float:
+    s, t = s.reshape(len(s), -1), t.reshape(len(t), -1)
+    b = len(s)
+    total = 0.0
+    for i in range(b):
+        for j in range(b):
+            d = taylor_kernel(t[i], t[j], gamma, order) - taylor_kernel(s[i], s[j], gamma, order)
+            total += d * d
+    return total / b**2
+
+
+@pytest.mark.parametrize(("gamma", "order"), [(0.4, 2), (1.5, 4), (0.4, 0)])
+def test_cc_matches_the_loop_reference(gamma: float, order: int) -> None:
+    s, t = rand(5, 2, 3), rand(5, 9, seed=1)  # different sizes: ψ is B × B on both sides
+    term = CorrelationCongruence(student="s", teacher="t", gamma=gamma, order=order)
+    ref = cc_reference(s.numpy(), t.numpy(), gamma, order)
+    assert value(term, s, t) == pytest.approx(ref, rel=1e-10, abs=1e-15)
+    assert order > 0 or ref == 0.0  # the order-0 kernel is a constant
+    assert len(term.connector) == 0
+
+
+def test_cc_taylor_form_converges_to_the_exact_rbf_kernel() -> None:
+    x = rand(6, 5)
+    u = x / x.norm(dim=1, keepdim=True)
+    for gamma in (0.05, 0.4, 1.0):
+        exact = torch.exp(-gamma * torch.cdist(u, u).pow(2))
+        errors = [
+            float((correlation_matrix(x, gamma=gamma, order=p) - exact).abs().max())
+            for p in range(8)
+        ]
+        assert all(a > b for a, b in itertools.pairwise(errors)), errors
+        assert float((correlation_matrix(x, gamma=gamma, order=30) - exact).abs().max()) < 1e-12
+    # a small γ: the second-order form is already close
+    exact = torch.exp(-0.01 * torch.cdist(u, u).pow(2))
+    assert float((correlation_matrix(x, gamma=0.01, order=2) - exact).abs().max()) < 1e-5
+
+
+def test_cc_is_zero_for_congruent_embeddings() -> None:
+    t = rand(5, 4)
+    term = CorrelationCongruence(student="s", teacher="t")
+    assert value(term, t.clone(), t) == pytest.approx(0.0, abs=1e-14)
+    # rotated, rescaled per sample and padded to another size: the same cosines
+    q, _ = torch.linalg.qr(rand(4, 4, seed=3))
+    s = torch.cat([(t @ q) * torch.arange(1.0, 6.0, dtype=t.dtype)[:, None], t.new_zeros(5, 3)], 1)
+    assert value(term, s, t) == pytest.approx(0.0, abs=1e-14)
+
+
+def test_cc_gradients_reach_only_the_student() -> None:
+    assert_grad_only_to_student(
+        CorrelationCongruence(student="s", teacher="t"), rand(4, 6), rand(4, 3)
+    )
+
+
+def test_cc_needs_two_samples_and_valid_parameters() -> None:
+    term = CorrelationCongruence(student="s", teacher="t")
+    assert term.min_batch == 2
+    so, to, batch = outputs(rand(1, 4), rand(1, 4, seed=1))
+    term.prepare(so, to)
+    with pytest.raises(ConfigError, match="at least 2 per batch"):
+        term(so, to, batch)
+    with pytest.raises(ValueError, match="≥ 2 samples"):
+        cc_loss(rand(1, 4), rand(1, 4))
+    for params, match in (
+        ({"gamma": 0.0}, "gamma must be a finite number > 0"),
+        ({"order": -1}, "order must be a whole number"),
+        ({"order": 2.5}, "order must be an integer"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            build_term({"type": "cc", "student": "s", "teacher": "t", **params})
