@@ -350,3 +350,28 @@ def test_functional_response_forms_equal_the_terms() -> None:
     manual = float(4.0**2 * F.kl_div(F.log_softmax(z / 4, 1), F.log_softmax(v / 4, 1),
                                      reduction="batchmean", log_target=True))  # fmt: skip
     assert float(KF.soft_target(z, v)) == pytest.approx(manual, rel=1e-10)
+
+
+#: The functional form of every registered term kind (kdlab.losses.functional).
+FUNCTIONAL_OF = {
+    "ab": "activation_boundaries", "at": "attention_transfer",
+    "attention_feature": "attention_feature", "cc": "correlation_congruence",
+    "ce": "cross_entropy", "channel_attention": "channel_attention", "crd": "crd_nce_loss",
+    "dist": "dist", "dkd": "dkd", "fsp": "fsp", "ft": "factor_transfer",
+    "global_relation": None,  # its non-local blocks are trainable parts of the term itself
+    "hint": "hint", "kdsvd": "kdsvd", "logit_mse": "logit_mse", "lsp": "lsp", "nst": "nst",
+    "ofd": "overhaul", "pkt": "pkt", "relation": "relation", "review": "review_hcl",
+    "rkd_angle": "rkd_angle", "rkd_distance": "rkd_distance", "soft_ce": "soft_cross_entropy",
+    "soft_target": "soft_target", "sp": "sp", "spatial_attention": "spatial_attention",
+    "vid": "vid",
+}  # fmt: skip
+
+
+def test_every_term_kind_has_a_functional_form() -> None:
+    import kdlab.losses.functional as functional
+    from kdlab.losses import TERMS
+
+    assert set(TERMS) == set(FUNCTIONAL_OF)  # a new term must say where its function is
+    for kind, name in FUNCTIONAL_OF.items():
+        if name is not None:
+            assert name in functional.__all__ and callable(getattr(functional, name)), kind

@@ -20,6 +20,7 @@ from typing import Any
 
 from torch import Tensor
 
+from kdlab.losses.ab import ab_loss as activation_boundaries
 from kdlab.losses.attention import (
     at_loss as attention_transfer,
 )
@@ -37,17 +38,39 @@ from kdlab.losses.attention import (
     spatial_attention_loss as spatial_attention,
 )
 from kdlab.losses.base import Term
+from kdlab.losses.cc import cc_loss as correlation_congruence
+from kdlab.losses.cc import correlation_matrix
+from kdlab.losses.crd import crd_nce_loss, crd_softmax_loss
+from kdlab.losses.dist import dist_loss as dist
+from kdlab.losses.dist import inter_class_relation, intra_class_relation, pearson_correlation
+from kdlab.losses.dkd import dkd_loss as dkd
+from kdlab.losses.dkd import dkd_parts
 from kdlab.losses.fitnets import hint_loss as hint
+from kdlab.losses.fsp import fsp_loss as fsp
+from kdlab.losses.fsp import fsp_matrix
+from kdlab.losses.ft import ft_loss as factor_transfer
+from kdlab.losses.kdsvd import kdsvd_loss as kdsvd
 from kdlab.losses.lsp import lsp_loss as lsp
+from kdlab.losses.nst import nst_loss as nst
+from kdlab.losses.ofd import gaussian_negative_mean, margin_relu, partial_l2
+from kdlab.losses.ofd import ofd_loss as overhaul
 from kdlab.losses.pkt import pkt_loss as pkt
 from kdlab.losses.pkt import pkt_probabilities
 from kdlab.losses.relation import relation_loss as relation
-from kdlab.losses.response import CrossEntropy, LogitMSE, SoftCrossEntropy, SoftTarget
+from kdlab.losses.response import (
+    CrossEntropy,
+    LogitMSE,
+    SoftCrossEntropy,
+    SoftTarget,
+    standardize_logits,
+)
+from kdlab.losses.review import hcl_loss as review_hcl
 from kdlab.losses.rkd import angle_matrix
 from kdlab.losses.rkd import rkd_angle_loss as rkd_angle
 from kdlab.losses.rkd import rkd_distance_loss as rkd_distance
 from kdlab.losses.sp import similarity_matrix
 from kdlab.losses.sp import sp_loss as sp
+from kdlab.losses.vid import vid_loss as vid
 from kdlab.types import Batch, ModelOutput
 
 
@@ -82,18 +105,39 @@ def cross_entropy(z: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> T
 
 
 __all__ = [
+    "activation_boundaries",
     "angle_matrix",
     "attention_feature",
     "attention_map",
     "attention_transfer",
     "channel_attention",
+    "correlation_congruence",
+    "correlation_matrix",
+    "crd_nce_loss",
+    "crd_softmax_loss",
     "cross_entropy",
+    "dist",
+    "dkd",
+    "dkd_parts",
+    "factor_transfer",
+    "fsp",
+    "fsp_matrix",
+    "gaussian_negative_mean",
     "hint",
+    "inter_class_relation",
+    "intra_class_relation",
+    "kdsvd",
     "logit_mse",
     "lsp",
+    "margin_relu",
+    "nst",
+    "overhaul",
+    "partial_l2",
+    "pearson_correlation",
     "pkt",
     "pkt_probabilities",
     "relation",
+    "review_hcl",
     "rkd_angle",
     "rkd_distance",
     "same_size",
@@ -102,4 +146,6 @@ __all__ = [
     "soft_target",
     "sp",
     "spatial_attention",
+    "standardize_logits",
+    "vid",
 ]
