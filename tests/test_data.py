@@ -373,8 +373,8 @@ def test_unknown_source_lists_closest_first() -> None:
     with pytest.raises(ValueError, match=r"unknown dataset 'minst'.*closest first\): mnist, ") as e:
         load_dataset("minst")
     assert all(name in str(e.value) for name in available_sources())
-    assert available_sources()[:3] == ["digits", "multiview", "mnist"]
-    assert len(available_sources()) == 12  # and the import paths of your own functions
+    assert available_sources()[:4] == ["digits", "multiview", "multiview-patches", "mnist"]
+    assert len(available_sources()) == 13  # and the import paths of your own functions
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

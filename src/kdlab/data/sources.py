@@ -7,7 +7,18 @@ reader file plus one line here. Besides these names, a source may be an import p
 
 from __future__ import annotations
 
-from kdlab.data import cifar, digits, folder, idx, multiview, notmnist, npy, npz, svhn
+from kdlab.data import (
+    cifar,
+    digits,
+    folder,
+    idx,
+    multiview,
+    notmnist,
+    npy,
+    npz,
+    patch_views,
+    svhn,
+)
 from kdlab.data.function import function_source, is_import_path
 from kdlab.data.source import Source
 from kdlab.errors import ranked
@@ -15,6 +26,7 @@ from kdlab.errors import ranked
 _DECLARED: tuple[Source, ...] = (
     *digits.SOURCES,
     *multiview.SOURCES,
+    *patch_views.SOURCES,  # multiview-patches
     *idx.SOURCES,  # mnist, fashion-mnist, kmnist
     *svhn.SOURCES,
     *notmnist.SOURCES,

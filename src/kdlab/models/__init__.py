@@ -33,6 +33,7 @@ MODELS: dict[str, str] = {
     "cnn": "kdlab.models.cnn:SmallCNN",
     "mps": "kdlab.models.mps:MPS",
     "stacked_mps": "kdlab.models.mps:StackedMPS",
+    "patchnet": "kdlab.models.patchnet:PatchNet",  # Allen-Zhu & Li's smoothed-ReLU patch net
     **ZOO,  # the CIFAR model zoo of the KD literature (resnet8x4, wrn_40_2, vgg8, …)
 }
 
