@@ -1,7 +1,8 @@
 """The CIFAR-100 recipes of ``examples/cifar100`` (the CRD / RepDistiller protocol).
 
 Every file must state the protocol exactly (a typo in a learning rate or a milestone fails here),
-quote the published figures of CRD's tables, and run: on a tiny ``cifar-100-python/`` written in
+quote the published figures (CRD's tables; DKD's for DKD; the ReviewKD and DIST papers for the
+two resnet32x4 → resnet8x4 extras), and run: on a tiny ``cifar-100-python/`` written in
 the real pickle format (CI has no CIFAR-100 and nothing downloads), shrunk to one short epoch,
 through ``run_experiment`` with a run store. Each pair's ``_kd`` recipe runs whole — its teacher
 trained by its own teacher section, the student alone, the distilled student; the other files
@@ -42,9 +43,36 @@ FIGURES = {
     ("vgg13", "mobilenetv2"): (74.64, 64.60, 67.37, 64.14, 59.40, 66.30, 64.52, 67.13),
 }
 PAIRS = list(FIGURES)
+#: CRD's own row of Tables 1 and 2 (RepDistiller README).
+CRD = {
+    ("resnet32x4", "resnet8x4"): 75.51,
+    ("wrn_40_2", "wrn_16_2"): 75.48,
+    ("resnet56", "resnet20"): 71.16,
+    ("resnet110", "resnet32"): 73.48,
+    ("vgg13", "vgg8"): 73.94,
+    ("resnet32x4", "shufflenetv2"): 75.65,
+    ("vgg13", "mobilenetv2"): 69.73,
+}
+#: DKD (Zhao et al. CVPR 2022) Tables 1 and 2, and the pair's β in mdistiller's
+#: configs/cifar100/dkd/*.yaml (8, the default of mdistiller/engine/cfg.py, where none is set).
+DKD = {
+    ("resnet32x4", "resnet8x4"): (76.32, 8),
+    ("wrn_40_2", "wrn_16_2"): (76.24, 6),  # mdistiller's README prints 76.23
+    ("resnet56", "resnet20"): (71.97, 2),
+    ("resnet110", "resnet32"): (74.11, 2),
+    ("vgg13", "vgg8"): (74.68, 6),
+    ("resnet32x4", "shufflenetv2"): (77.07, 8),
+    ("vgg13", "mobilenetv2"): (69.71, 6),
+}
+#: Methods of every pair: METHODS, then those kdlab gained later.
+PAIR_METHODS = (*METHODS, "crd", "dkd")
+#: resnet32x4 → resnet8x4 only: method → (source quoted in the header, published figure).
+EXTRA_PAIR = ("resnet32x4", "resnet8x4")
+EXTRA = {"review": ("ReviewKD paper", 75.63), "dist": ("DIST paper", 76.31)}
 #: RepDistiller's students with learning rate 0.01 (and Table 2, different architectures).
 SMALL_LR = ("mobilenetv2", "shufflenetv2")
-LABELS = {"kd": "KD", "fitnet": "FitNet", "at": "AT", "sp": "SP", "rkd": "RKD", "pkt": "PKT"}
+LABELS = {"kd": "KD", "fitnet": "FitNet", "at": "AT", "sp": "SP", "rkd": "RKD", "pkt": "PKT",
+          "crd": "CRD", "dkd": "DKD", "review": "ReviewKD", "dist": "DIST"}  # fmt: skip
 
 #: RepDistiller's features by model family (models/*.py, ``is_feat=True``) as zoo tap paths:
 #: feat[1:-1] (AT), feat[2] (FitNet's hint), feat[-2] (SP); feat[-1] is ``pool`` everywhere.
@@ -115,17 +143,39 @@ def shrunk(path: Path, root: Path) -> dict:
     raw["data"].update(root=str(root), test_size=TEST_SIZE)
     for section in (raw["teacher"]["train"], raw["student"]["train"]):
         section.update(epochs=1, batch_size=BATCH)
+    for term in raw["distill"]["loss"]:
+        if term["type"] == "crd":  # CRD needs fewer negatives than training images: 16 here
+            term["negatives"] = 8
+        if term["type"] == "dkd":  # a warm-up longer than the run is refused: 1 epoch here
+            term["warmup"] = 1
     return raw
 
 
 def test_one_recipe_per_pair_and_method() -> None:
-    expected = {f"{t}_{s}_{m}" for t, s in PAIRS for m in METHODS}
+    expected = {f"{t}_{s}_{m}" for t, s in PAIRS for m in PAIR_METHODS}
+    expected |= {"_".join((*EXTRA_PAIR, m)) for m in EXTRA}
     assert {p.stem for p in RECIPES} == expected
     readme = (FOLDER / "README.md").read_text()
     for (t, s), figures in FIGURES.items():
-        row = f"| {t} → {s} | " + " | ".join(f"{v:.2f}" for v in figures) + " |"
-        assert row in readme, row
+        row = (*figures, CRD[(t, s)], DKD[(t, s)][0])
+        line = f"| {t} → {s} | " + " | ".join(f"{v:.2f}" for v in row) + " |"
+        assert line in readme, line
     assert "Table 1" in readme and "Table 2" in readme
+    for method, (_, figure) in EXTRA.items():
+        assert f"{LABELS[method]} {figure:.2f}" in readme, method
+
+
+def published(teacher: str, student: str, method: str) -> tuple[str, float]:
+    """(the source the header names, the published figure) of one file."""
+    pair, table = (teacher, student), 2 if student in SMALL_LR else 1
+    if method in EXTRA:
+        assert pair == EXTRA_PAIR
+        return EXTRA[method]
+    if method == "dkd":
+        return f"DKD Table {table}", DKD[pair][0]
+    if method == "crd":
+        return f"CRD Table {table}", CRD[pair]
+    return f"CRD Table {table}", FIGURES[pair][2 + METHODS.index(method)]
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
@@ -133,9 +183,9 @@ def test_recipe_states_the_protocol(path: Path) -> None:
     cfg = load_config(path)
     teacher, student, method = parts(path)
     small = student in SMALL_LR
-    lr, table = (0.01, 2) if small else (0.05, 1)
-    teacher_acc, student_acc, *figures = FIGURES[(teacher, student)]
-    published = figures[METHODS.index(method)]
+    lr = 0.01 if small else 0.05
+    teacher_acc, student_acc, *_ = FIGURES[(teacher, student)]
+    source, figure = published(teacher, student, method)
     assert cfg.name == f"cifar100-{teacher}-{student}-{method}".replace("_", "-")
     assert cfg.data.source == "cifar100" and cfg.data.root == "data"
     assert cfg.data.val_fraction == 0.0 and cfg.data.test_size is None
@@ -156,8 +206,8 @@ def test_recipe_states_the_protocol(path: Path) -> None:
     # the header quotes the published figures of this file's row
     header = path.read_text()
     quoted = (
-        f"Published (CRD Table {table}): teacher {teacher_acc:.2f}, student alone "
-        f"{student_acc:.2f}, {LABELS[method]} {published:.2f} (% test accuracy)."
+        f"Published ({source}): teacher {teacher_acc:.2f}, student alone "
+        f"{student_acc:.2f}, {LABELS[method]} {figure:.2f} (% test accuracy)."
     )
     assert quoted in header
     assert re.search(rf"^  # checkpoint: path/to/{teacher}/model\.pt$", header, re.M)
@@ -174,7 +224,8 @@ def loss_spec(cfg: ExperimentConfig) -> list[tuple]:
 
 
 def expected_loss(method: str, teacher: str, student: str) -> list[tuple]:
-    """RepDistiller's scripts/run_cifar_distill.sh, in kdlab's terms (see the README)."""
+    """RepDistiller's scripts/run_cifar_distill.sh (the DKD, ReviewKD and DIST authors' settings
+    for those methods), in kdlab's terms (see the README)."""
     (t_at, t_hint, t_sp), (s_at, s_hint, s_sp) = TAPS[family(teacher)], TAPS[family(student)]
     if method == "kd":  # -r 0.1 -a 0.9 -b 0, T = 4
         soft = {"temperature": 4, "divergence": "kl"}
@@ -187,6 +238,17 @@ def expected_loss(method: str, teacher: str, student: str) -> list[tuple]:
         return [*ce, *(("at", 1000, s, t, {"p": 2}) for s, t in zip(s_at, t_at, strict=True))]
     if method == "sp":  # -b 3000 on feat[-2]
         return [*ce, ("sp", 3000, s_sp, t_sp, {})]
+    if method == "crd":  # -a 0 -b 0.8 on feat[-1]: d 128, N 16384, τ 0.07, momentum 0.5
+        opts = {"embedding_dim": 128, "negatives": 16384, "temperature": 0.07, "momentum": 0.5}
+        return [*ce, ("crd", 0.8, "pool", "pool", opts)]
+    if method == "dkd":  # mdistiller: CE_WEIGHT 1, ALPHA 1, BETA per pair, T 4, WARMUP 20
+        opts = {"alpha": 1.0, "beta": DKD[(teacher, student)][1], "temperature": 4, "warmup": 20}
+        return [*ce, ("dkd", 1.0, None, None, opts)]
+    if method == "review":  # reviewKD.sh --kd-loss-weight 5, --kd-warm-up 20, on feat[1:]
+        levels = ([*s_at, "pool"], [*t_at, "pool"])
+        return [*ce, ("review", 5, *levels, {"warmup_epochs": 20})]
+    if method == "dist":  # DIST's CIFAR-100 setting: β = γ = 2, τ = 4, no KL term
+        return [*ce, ("dist", 1.0, None, None, {"beta": 2, "gamma": 2, "temperature": 4})]
     if method == "rkd":  # -b 1, w_d 25, w_a 50 on feat[-1]
         return [*ce, ("rkd_distance", 25, "pool", "pool", {}),
                 ("rkd_angle", 50, "pool", "pool", {})]  # fmt: skip
