@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from rich.console import Console
 from typer.testing import CliRunner
@@ -334,3 +335,28 @@ def test_impossible_date_is_a_config_error(tmp_path: Path) -> None:
     path.write_text("name: 2024-13-01\n")
     with pytest.raises(ConfigError, match=r"c\.yaml holds a value YAML cannot read \(month"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("term", "problem"),
+    [
+        ({"type": "dkd", "warmup": 50}, "warmup is 50 epochs but training runs only 2"),
+        ({"type": "crd", "student": "features.0", "teacher": "features.0", "negatives": 5000},
+         "negatives is 5000, but the training split has only"),
+    ],
+)  # fmt: skip
+def test_a_term_that_cannot_serve_the_run_fails_before_training(
+    tmp_path: Path, term: dict, problem: str
+) -> None:
+    """DKD's warm-up longer than training, CRD's negatives outnumbering the split: caught by
+    `kdlab validate` (preflight), not after the teacher has trained."""
+    raw = {
+        "data": {"source": "digits"},
+        "teacher": {"model": {"type": "mlp", "hidden": [8]}, "train": {"epochs": 1}},
+        "student": {"model": {"type": "mlp", "hidden": [4]}, "train": {"epochs": 2}},
+        "distill": {"loss": [{"type": "ce"}, term]},
+    }
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    code, err, _ = validate(path)
+    assert code == 2 and problem in err and len(err.strip().splitlines()) == 1

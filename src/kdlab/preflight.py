@@ -199,7 +199,7 @@ def _check_losses(
             )
         members = list(teacher.members) if isinstance(teacher, EnsembleTeacher) else [teacher]
         _taps(objective, "teacher.loss", members, [])
-        _batches(objective, "teacher.loss", len(data.train), t.train.batch_size)
+        _batches(objective, "teacher.loss", len(data.train), t.train)
     base = cfg.distill.train or cfg.student.train
     n_train = cfg.student.train_subset or len(data.train)
     learners, teachers = _scheme_models(cfg, data, student, teacher)
@@ -207,7 +207,7 @@ def _check_losses(
         where = f"distill.stages[{i}]"
         objective = _objective(stage.loss, f"{where}.loss")
         _taps(objective, f"{where}.loss", learners, teachers)
-        _batches(objective, where, n_train, merge_settings(base, stage.train).batch_size)
+        _batches(objective, where, n_train, merge_settings(base, stage.train))
         if stage.trainable not in ("all", "none"):
             try:
                 with train_only(student, stage.trainable, "student"):
@@ -217,7 +217,7 @@ def _check_losses(
     if cfg.distill.loss is not None:
         objective = _objective(cfg.distill.loss, "distill.loss")
         _taps(objective, "distill.loss", learners, teachers)
-        _batches(objective, "distill.train", n_train, base.batch_size)
+        _batches(objective, "distill.train", n_train, base)
 
 
 def _objective(specs: Sequence[Mapping[str, Any]], where: str) -> Objective:
@@ -241,9 +241,13 @@ def _taps(
         raise ConfigError(f"{where}: {err}") from None
 
 
-def _batches(objective: Objective, where: str, n_train: int, batch_size: int) -> None:
+def _batches(objective: Objective, where: str, n_train: int, train: TrainSettings) -> None:
+    """Batches the terms can use, and a run long enough for their schedules (warm-ups)."""
     try:
-        check_batch_sizes(objective, n_train, batch_size)
+        check_batch_sizes(objective, n_train, train.batch_size)
+        for term in objective.terms:  # terms that need a long enough run or split say so
+            if term.weight > 0:
+                term.check_run(n_train, train.epochs)
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
 

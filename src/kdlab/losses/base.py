@@ -69,6 +69,10 @@ class Term(nn.Module):
         Called by :func:`build_term` once the parameter names are known to be valid."""
         return None
 
+    def check_run(self, train_size: int, epochs: int) -> None:
+        """Refuse, before any training, a run this term cannot serve (ConfigError): e.g. DKD's
+        warm-up longer than ``epochs``, CRD's negatives outnumbering ``train_size``. 0: unknown."""
+
     def _teacher(self, teacher: ModelOutput | None) -> ModelOutput:
         if teacher is None:
             raise ConfigError(

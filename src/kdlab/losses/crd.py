@@ -203,11 +203,7 @@ class CRD(FeatureTerm):
         s = flat(self._read(student, self.student_path, "student"))
         t = flat(self._read(self._teacher(teacher), self.teacher_path, "teacher"))
         size = self._bank_size(sample)
-        if self.negatives >= size:
-            raise ConfigError(
-                f"{self._where()}negatives is {self.negatives}, but the training split has only "
-                f"{size} examples; use negatives below {size} (e.g. {_fitting(size)})"
-            )
+        self.check_run(size, 0)
         where = {"device": s.device, "dtype": s.dtype}
         self.student_head = nn.Linear(s.shape[1], self.embedding_dim).to(**where)
         self.teacher_head = nn.Linear(t.shape[1], self.embedding_dim).to(**where)
@@ -216,6 +212,15 @@ class CRD(FeatureTerm):
         self.log_z = torch.full((2,), math.nan, **where)  # NaN: not estimated yet
         self._seed = int(torch.randint(0, _MASK_63, (1,)))
         self._draws = 0
+
+    def check_run(self, train_size: int, epochs: int) -> None:
+        """The negatives must be drawn from fewer examples than the split has (preflight too)."""
+        if self.negatives >= train_size:
+            raise ConfigError(
+                f"{self._where()}negatives is {self.negatives}, but the training split has only "
+                f"{train_size} examples; use negatives below {train_size} (e.g. "
+                f"{_fitting(train_size)})"
+            )
 
     def _bank_size(self, sample: Batch | None) -> int:
         known = sample.train_size if sample is not None else 0

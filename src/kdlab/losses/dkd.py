@@ -156,7 +156,10 @@ class DKD(Term):
         self, student: ModelOutput, teacher: ModelOutput | None, sample: Batch | None = None
     ) -> None:
         """Check the warm-up against the run's length, which the sample batch carries."""
-        epochs = sample.epochs if sample is not None else 0
+        self.check_run(0, sample.epochs if sample is not None else 0)
+
+    def check_run(self, train_size: int, epochs: int) -> None:
+        """A warm-up longer than training never reaches full weight (0 epochs: unknown)."""
         if epochs > 0 and self.warmup > epochs:
             raise ConfigError(
                 f"loss term {self.name!r} (dkd): warmup is {self.warmup} epochs but training runs "

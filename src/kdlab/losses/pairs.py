@@ -65,6 +65,10 @@ class LayerPairs(Term):
             if callable(prepare):
                 prepare(student, teacher, sample)
 
+    def check_run(self, train_size: int, epochs: int) -> None:
+        for term in self.pairs:
+            term.check_run(train_size, epochs)
+
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch) -> Tensor:
         values = [term(student, teacher, batch) for term in self.pairs]
         return torch.stack(values).sum()
