@@ -39,20 +39,32 @@ def network(spec: dict, path: str) -> PatchNet:
     return model.eval()
 
 
+def cell(run) -> str:
+    """A sweep cell's short label (``temperature=4``); empty for a plain run of the file."""
+    values = ((run.config.get("sweep") or {}).get("cell")) or {}
+    return ", ".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in values.items())
+
+
 def accuracies(store: RunStore, experiment: str, config: dict) -> dict[str, dict[int, dict]]:
-    """{row: {seed: {view kind: accuracy}}} for single, ensemble, distilled."""
+    """{row: {seed: {view kind: accuracy}}} for single, ensemble and each distilled variant
+    (runs of a ``kdlab sweep`` over the file are labelled by their cell; the teachers and the
+    student alone, identical across cells, are counted once per seed)."""
     test, out = bundled_test_set(), defaultdict(dict)
-    members: dict[int, list[PatchNet]] = defaultdict(list)
-    for run in store.list_runs(experiment=experiment):
+    members: dict[int, dict[int, PatchNet]] = defaultdict(dict)
+    for run in reversed(store.list_runs(experiment=experiment)):  # oldest first
         if run.status != "finished" or "model" not in run.artefacts:
             continue
         spec = config["teacher" if run.role.startswith("teacher") else "student"]["model"]
         if run.role == "teacher_member":
-            members[run.seed].append(network(spec, run.artefacts["model"]))
-        elif run.role in ("student", "distilled"):
-            model = network(spec, run.artefacts["model"])
-            out["single" if run.role == "student" else "distilled"][run.seed] = merge(model, test)
-    for seed, models in members.items():
+            index = int(run.config.get("member", len(members[run.seed])))
+            members[run.seed].setdefault(index, network(spec, run.artefacts["model"]))
+        elif run.role == "student" and run.seed not in out["single"]:
+            out["single"][run.seed] = merge(network(spec, run.artefacts["model"]), test)
+        elif run.role == "distilled":
+            label = f"distilled ({cell(run)})" if cell(run) else "distilled"
+            out[label][run.seed] = merge(network(spec, run.artefacts["model"]), test)
+    for seed, by_index in members.items():
+        models = list(by_index.values())
         out["single (ensemble members)"][seed] = {
             k: float(np.mean([merge(m, test)[k] for m in models])) for k in ("multi", "single")
         }
@@ -69,21 +81,21 @@ def merge(model: torch.nn.Module, test) -> dict[str, float]:
 
 
 def table(rows: dict[str, dict[int, dict]]) -> list[dict]:
+    fixed = ["single", "single (ensemble members)", "ensemble"]
+    names = [n for n in fixed if n in rows] + sorted(n for n in rows if n.startswith("distilled"))
     lines = []
-    for name in ("single", "single (ensemble members)", "ensemble", "distilled"):
-        if name not in rows:
-            continue
+    for name in names:
         line = {"model": name, "seeds": len(rows[name])}
         for kind in ("multi", "single"):
             line[kind] = describe([100 * v[kind] for v in rows[name].values()])
         lines.append(line)
-    if "single" in rows and "distilled" in rows:
+    for name in (n for n in names if n.startswith("distilled") and "single" in rows):
         for kind in ("multi", "single"):
             gap = paired_difference(  # distilled − single, seed by seed
                 {s: 100 * v[kind] for s, v in rows["single"].items()},
-                {s: 100 * v[kind] for s, v in rows["distilled"].items()},
+                {s: 100 * v[kind] for s, v in rows[name].items()},
             )
-            lines.append({"model": f"distilled − single ({kind}-view), paired", "gap": gap})
+            lines.append({"model": f"{name} − single ({kind}-view), paired", "gap": gap})
     return lines
 
 
