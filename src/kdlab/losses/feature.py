@@ -126,13 +126,7 @@ class FeatureTerm(Term):
     # -- reading features ------------------------------------------------------------------------
 
     def _read(self, out: ModelOutput, path: str, role: str) -> Tensor:
-        if path not in out.features:
-            raise ConfigError(
-                f"{self._where()}the {role}'s output of module {path!r} was not captured: either "
-                f"the module did not run in the {role}'s forward pass (is it used in forward()?) "
-                "or the scheme did not tap it (schemes tap objective.student_taps/teacher_taps)"
-            )
-        value = out.features[path]
+        value = captured(out, path, role, self._where())
         if not isinstance(value, Tensor) or value.dim() < 2:
             what = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
             raise ConfigError(
@@ -187,6 +181,18 @@ class FeatureTerm(Term):
         )
 
 
+def captured(out: ModelOutput, path: str, role: str, where: str = "") -> object:
+    """What module ``path`` output in ``out`` (any type; callers check it), or a clear error
+    when the forward pass did not capture it. ``where`` prefixes the message (which term)."""
+    if path not in out.features:
+        raise ConfigError(
+            f"{where}the {role}'s output of module {path!r} was not captured: either the module "
+            f"did not run in the {role}'s forward pass (is it used in forward()?) or the scheme "
+            "did not tap it (schemes tap objective.student_taps/teacher_taps)"
+        )
+    return out.features[path]
+
+
 @torch.no_grad()
 def prepare_terms(
     objective: Objective, student: nn.Module, teacher: nn.Module | None, sample: Batch | Inputs
@@ -216,4 +222,4 @@ def flat(x: Tensor) -> Tensor:
     return x.reshape(x.shape[0], -1)
 
 
-__all__ = ["FeatureTerm", "flat", "prepare_terms"]
+__all__ = ["FeatureTerm", "captured", "flat", "prepare_terms"]

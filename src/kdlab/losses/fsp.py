@@ -40,6 +40,7 @@ from kdlab.divergences import at_least_float32
 from kdlab.errors import ConfigError
 from kdlab.losses.base import Term, register_term
 from kdlab.losses.connectors import build_connector, check_adapter
+from kdlab.losses.feature import captured
 from kdlab.types import Batch, ModelOutput
 
 REDUCTIONS = ("batchmean", "mean")
@@ -78,13 +79,7 @@ class LayerListTerm(Term):
         )
 
     def _read(self, out: ModelOutput, path: str, role: str) -> Tensor:
-        if path not in out.features:
-            raise ConfigError(
-                f"{self._where()}the {role}'s output of module {path!r} was not captured: either "
-                f"the module did not run in the {role}'s forward pass (is it used in forward()?) "
-                "or the scheme did not tap it (schemes tap objective.student_taps/teacher_taps)"
-            )
-        value = out.features[path]
+        value = captured(out, path, role, self._where())
         if not isinstance(value, Tensor) or value.dim() != 4:
             what = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
             raise ConfigError(

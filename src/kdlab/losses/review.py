@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from kdlab.divergences import at_least_float32
 from kdlab.errors import ConfigError, quote
 from kdlab.losses.base import Term, register_term
+from kdlab.losses.feature import captured
 from kdlab.types import Batch, ModelOutput
 
 #: The authors' context sizes below the full map (each halves the previous weight).
@@ -222,13 +223,7 @@ class ReviewKD(Term):
         )
 
     def _read(self, out: ModelOutput, path: str, role: str) -> Tensor:
-        if path not in out.features:
-            raise ConfigError(
-                f"{self._where()}the {role}'s output of module {path!r} was not captured: either "
-                f"the module did not run in the {role}'s forward pass (is it used in forward()?) "
-                "or the scheme did not tap it (schemes tap objective.student_taps/teacher_taps)"
-            )
-        value = out.features[path]
+        value = captured(out, path, role, self._where())
         if not isinstance(value, Tensor) or value.dim() not in (2, 4):
             what = tuple(value.shape[1:]) if isinstance(value, Tensor) else type(value).__name__
             raise ConfigError(
