@@ -48,10 +48,13 @@ def test_compare_methods_shares_one_teacher_and_pairs_gains_by_seed(tmp_path: Pa
         assert run.status == "finished"
         by_experiment.setdefault(run.experiment, set()).add(run.role)
     kd, gan = "study-digits-adversarial-kd", "study-digits-adversarial-gan"
+    trained = [r for r in runs if r.experiment == "study-teacher" and r.role == "teacher"]
+    assert [r.seed for r in trained] == [0] and RunStore(store).history(trained[0].id)
     assert by_experiment[kd] == {"teacher", "student", "distilled"}
     assert by_experiment[gan] == {"teacher", "distilled"}  # no second student alone
-    loaded = [r for r in runs if r.experiment == gan and r.role == "teacher"]
-    assert loaded and all(not RunStore(store).history(r.id) for r in loaded)  # not retrained
+    loaded = [r for r in runs if r.experiment in (kd, gan) and r.role == "teacher"]
+    assert len(loaded) == 4 and all(not RunStore(store).history(r.id) for r in loaded)
+    assert {r.metrics["accuracy"] for r in loaded} == {trained[0].metrics["accuracy"]}
     alone = {r.seed: r.metrics["accuracy"] for r in runs if r.role == "student"}
     gan_acc = {r.seed: r.metrics["accuracy"] for r in runs
                if r.experiment == gan and r.role == "distilled"}  # fmt: skip

@@ -2,15 +2,16 @@
 same student seeds; a table of test accuracy (mean ± 95 % CI) and the gain over the student
 alone, paired by seed.
 
-The first file trains the teacher (seed 0, its own teacher section) and the student alone; the
-others load that teacher (``teacher.checkpoint``) and skip the student alone, so every row
-differs from the first only by its distillation. ``--source`` runs the files on another dataset,
+The first file's teacher section trains the teacher once (experiment ``<prefix>-teacher``,
+seed 0); then every file loads it (``teacher.checkpoint``) and runs its seeds, the first file
+also training the student alone, so every row differs from the others only by its
+distillation. ``--source`` runs the files on another dataset,
 ``--epochs`` / ``--train-subset`` set one budget for every training section. The files must share
 the teacher and student models (the script checks).
 
     # every loss method with the CNN teacher (issue 15's table), 3 seeds, 10k labelled images:
     python examples/studies/compare_methods.py --store runs/methods.db --seeds 3 \\
-        --train-subset 10000 --epochs 5 --files feature-methods
+        --train-subset 10000 --epochs 10 --files feature-methods
     # seed 004's adversarial variants on a dataset:
     python examples/studies/compare_methods.py --store runs/adv.db --seeds 3 \\
         --files examples/fashion_mnist_adversarial_{kd,pretrained,gan,wgan}.yaml
@@ -42,10 +43,11 @@ def feature_methods() -> list[Path]:
     return files
 
 
-def budgeted(raw: dict, args: argparse.Namespace, teacher: str | None) -> dict:
+def budgeted(raw: dict, args: argparse.Namespace, teacher: str | None, baseline: bool) -> dict:
+    """The file with the shared budget, loading ``teacher`` (None: train it, seed 0 only)."""
     raw = json.loads(json.dumps(raw))  # a deep copy
-    raw["name"] = f"{args.prefix}-{raw['name']}"
-    raw["seeds"] = list(range(args.seeds))
+    raw["name"] = f"{args.prefix}-{raw['name'] if teacher else 'teacher'}"
+    raw["seeds"] = list(range(args.seeds)) if teacher else [0]
     if args.source:
         raw["data"] = {"source": args.source, "val_fraction": raw["data"].get("val_fraction", 0.1)}
     sections = [raw["teacher"]["train"], raw["student"]["train"], raw["distill"].get("train")]
@@ -60,7 +62,7 @@ def budgeted(raw: dict, args: argparse.Namespace, teacher: str | None) -> dict:
                 term["warmup"] = min(term["warmup"], max(1, section["epochs"] // 5))
     if args.train_subset:
         raw["student"]["train_subset"] = args.train_subset
-    raw["student"]["baseline"] = teacher is None
+    raw["student"]["baseline"] = baseline
     if teacher:
         raw["teacher"]["checkpoint"] = teacher
     return raw
@@ -80,8 +82,8 @@ def accuracy(store: RunStore, experiment: str, role: str) -> dict[int, float]:
     return {r.seed: 100 * r.metrics["accuracy"] for r in runs}
 
 
-def table(store: RunStore, names: list[str]) -> list[dict]:
-    teacher = accuracy(store, names[0], "teacher")
+def table(store: RunStore, names: list[str], prefix: str) -> list[dict]:
+    teacher = accuracy(store, f"{prefix}-teacher", "teacher")
     alone = accuracy(store, names[0], "student")
     rows = [{"method": "teacher", "acc": describe(list(teacher.values()))},
             {"method": "student alone", "acc": describe(list(alone.values()))}]  # fmt: skip
@@ -116,16 +118,16 @@ def main() -> None:
     configs = [yaml.safe_load(path.read_text()) for path in files]
     check_models(configs)
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    first = budgeted(configs[0], args, None)
     if not args.table_only:
-        run(first, args)  # the teacher and the student alone
-        teachers = RunStore(args.store).list_runs(experiment=first["name"], role="teacher")
-        weights = min(teachers, key=lambda r: r.seed).artefacts["model"]  # seed 0's
-        others = [budgeted(raw, args, weights) for raw in configs[1:]]
+        first = budgeted(configs[0], args, None, baseline=False)
+        run(first, args)  # the shared teacher
+        (teacher,) = RunStore(args.store).list_runs(experiment=first["name"], role="teacher")
+        weights = teacher.artefacts["model"]
+        jobs = [budgeted(raw, args, weights, baseline=i == 0) for i, raw in enumerate(configs)]
         with ThreadPoolExecutor(args.workers) as pool:
-            list(pool.map(lambda raw: run(raw, args), others))
+            list(pool.map(lambda raw: run(raw, args), jobs))
     names = [f"{args.prefix}-{raw['name']}" for raw in configs]
-    rows = table(RunStore(args.store), names)
+    rows = table(RunStore(args.store), names, args.prefix)
     print("| method | test acc % (mean ± 95 % CI) | gain over student alone (paired, 95 % CI) |")
     print("|---|---|---|")
     for row in rows:
