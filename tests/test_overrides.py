@@ -88,3 +88,13 @@ def test_the_store_records_the_overridden_config(
     assert recorded["student"]["train"]["epochs"] == 2
     bad = runner.invoke(cli.app, ["validate", str(config), "studnet.train.epochs=2"])
     assert bad.exit_code == 2 and "did you mean 'student'" in bad.output
+
+
+def test_numbers_inside_lists_and_mappings_are_numbers_as_at_the_top() -> None:
+    """YAML 1.1 reads 1e-3 as a text; an override means the number wherever it stands."""
+    from kdlab.overrides import parse_value
+
+    assert parse_value("[1e-3, 2, inf, adam]") == [0.001, 2, float("inf"), "adam"]
+    assert parse_value("{lr: 1e-3, betas: [0.5, 9e-1]}") == {"lr": 0.001, "betas": [0.5, 0.9]}
+    assert parse_value("'1e-3'") == "1e-3"  # a quoted scalar stays a text
+    assert parse_value("[]") == [] and parse_value("{}") == {}

@@ -45,9 +45,23 @@ def parse_value(raw: str) -> Any:
     if NUMBER.match(raw):  # YAML 1.1 reads 1e-3 and 1e30 as strings
         return int(raw) if raw.lstrip("+-").isdigit() else float(raw)
     try:
-        return yaml.safe_load(raw) if raw else ""
+        value = yaml.safe_load(raw) if raw else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"value {quote(raw)} is not valid YAML: {err}") from None
+    return _numbers_inside(value) if isinstance(value, (list, dict)) else value
+
+
+def _numbers_inside(value: Any) -> Any:
+    """Lists and mappings with YAML 1.1's number-looking strings (``[1e-3, inf]``) as numbers.
+    (Inside a list a quoted '1e-3' cannot be told apart and becomes a number too; no config key
+    takes number-like texts in lists.)"""
+    if isinstance(value, list):
+        return [_numbers_inside(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _numbers_inside(v) for k, v in value.items()}
+    if isinstance(value, str) and (value.lower() in FLOATS or NUMBER.match(value)):
+        return parse_value(value)
+    return value
 
 
 def set_path(data: dict[str, Any], parts: Sequence[str], value: Any, text: str) -> None:
