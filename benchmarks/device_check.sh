@@ -8,8 +8,9 @@
 #   1. install kdlab's missing dependencies from the wheels in benchmarks/wheels/, then kdlab
 #      itself with --no-deps (the machine's torch must stay), editable or else via PYTHONPATH;
 #   2. python -c "import kdlab" sanity check, with torch/CUDA versions;
-#   3. python -m pytest -q -m gpu  (device placement, bf16/fp16, GradScaler, save on GPU / load on
-#      CPU, and 2-process DDP over NCCL where there are 2 GPUs; time-limited; OUT_DIR/pytest_gpu.log);
+#   3. python -m pytest -q -m gpu  (every loss term on CUDA in fp32/bf16/fp16, device placement,
+#      GradScaler, save on GPU / load on CPU, and 2-process DDP over NCCL where there are 2 GPUs;
+#      time-limited; OUT_DIR/pytest_gpu.log);
 #   4. python benchmarks/bench_device.py --device cuda --json OUT_DIR/bench_device.json
 #      (time-limited so the whole script stays within ~8 minutes);
 #   5. a summary (also OUT_DIR/summary.txt). Exit status 1 when any step failed.
