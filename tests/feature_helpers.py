@@ -31,6 +31,19 @@ def value(term, s: torch.Tensor, t: torch.Tensor) -> float:
     return float(term(so, to, batch).detach())
 
 
+def assert_grad_only_to_student(term, s: torch.Tensor, t: torch.Tensor) -> None:
+    s = s.clone().requires_grad_(True)
+    t = t.clone().requires_grad_(True)  # a teacher feature that *could* take a gradient
+    so, to, batch = outputs(s, t)
+    term.prepare(so, to)
+    term.double()
+    term(so, to, batch).backward()
+    assert t.grad is None
+    assert s.grad is not None and s.grad.abs().sum() > 0
+    for p in term.parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0
+
+
 def toy_cnn_pair(n: int = 32) -> tuple[DataSplits, torch.nn.Module, torch.nn.Module]:
     """Random 8×8 images in 3 classes, a 6-channel CNN teacher and a 3-channel CNN student."""
     g = torch.Generator().manual_seed(0)

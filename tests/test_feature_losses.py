@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from feature_helpers import outputs, rand, toy_cnn_pair, value
+from feature_helpers import assert_grad_only_to_student, outputs, rand, toy_cnn_pair, value
 from kdlab import checkpoint as ckpt
 from kdlab.api import fit_model
 from kdlab.data.base import ArrayDataset, DataSplits
@@ -40,19 +40,6 @@ from kdlab.store import RunStore
 from kdlab.types import Batch
 
 B = 4
-
-
-def assert_grad_only_to_student(term, s: torch.Tensor, t: torch.Tensor) -> None:
-    s = s.clone().requires_grad_(True)
-    t = t.clone().requires_grad_(True)  # a teacher feature that *could* take a gradient
-    so, to, batch = outputs(s, t)
-    term.prepare(so, to)
-    term.double()
-    term(so, to, batch).backward()
-    assert t.grad is None
-    assert s.grad is not None and s.grad.abs().sum() > 0
-    for p in term.parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,25 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from feature_helpers import outputs, rand, value
+from feature_helpers import assert_grad_only_to_student, outputs, rand, value
 from kdlab.errors import ConfigError
 from kdlab.losses import build_term
 from kdlab.losses.cc import CorrelationCongruence, cc_loss, correlation_matrix
 from kdlab.losses.nst import NeuronSelectivityTransfer, nst_loss
-
-
-def assert_grad_only_to_student(term, s: torch.Tensor, t: torch.Tensor) -> None:
-    s = s.clone().requires_grad_(True)
-    t = t.clone().requires_grad_(True)  # a teacher feature that *could* take a gradient
-    so, to, batch = outputs(s, t)
-    term.prepare(so, to)
-    term.double()
-    term(so, to, batch).backward()
-    assert t.grad is None
-    assert s.grad is not None and s.grad.abs().sum() > 0
-    for p in term.parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0
-
 
 # ---------------------------------------------------------------------------------------------
 # NST
