@@ -29,6 +29,9 @@ from kdlab.losses import build_term
 from kdlab.models import MLP, SmallCNN, build_model
 
 runner = CliRunner()
+# Pathological inputs (10 MB names, alias bombs) must be answered at once; these bounds are hang
+# guards far above normal times (well under a second) so that a loaded machine does not fail them.
+HANG_GUARD_S = 10.0
 
 
 @pytest.fixture(autouse=True)
@@ -152,7 +155,7 @@ def test_quote_and_shorten_cut_long_values() -> None:
     for _ in range(9):
         bomb = [bomb] * 9  # 9**9 leaves, shared: quoting must not walk them all
     start = time.perf_counter()
-    assert len(quote(bomb)) <= 81 and time.perf_counter() - start < 0.1
+    assert len(quote(bomb)) <= 81 and time.perf_counter() - start < 5.0
     assert shorten("y" * 100, 10) == "yyyyyyyyyy… (100 characters)"
 
 
@@ -160,12 +163,12 @@ def test_ten_megabyte_name_answers_at_once(tmp_path: Path) -> None:
     path = tmp_path / "big.yaml"
     path.write_text("name: " + "x" * 10_000_000 + "\n")
     code, err, seconds = validate(path)
-    assert code == 2 and seconds < 1.0
+    assert code == 2 and seconds < HANG_GUARD_S
     assert f"config file {path} is 9.5 MiB, over the 2 MiB a config may have" in err
     # below the file limit, the name's own limit answers, quoting only the start of the name
     path.write_text("name: " + "x" * 1_000_000 + "\n")
     code, err, seconds = validate(path)
-    assert code == 2 and seconds < 1.0 and len(err) < 500
+    assert code == 2 and seconds < HANG_GUARD_S and len(err) < 500
     assert "at name: name must be 1 to 200 characters" in err
     assert "… (1000000 characters); use a short name like digits-kd" in err
     message = config_error({"name": "n" * 10_000_000})
@@ -179,7 +182,7 @@ def test_yaml_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
     path.write_text("\n".join([*lines, "name: *a8"]) + "\n")
     assert path.stat().st_size < 600
     code, err, seconds = validate(path)
-    assert code == 2 and seconds < 1.0
+    assert code == 2 and seconds < HANG_GUARD_S
     assert f"{path} is refused: its YAML expands to over 20000 values" in err
     assert "alias" in err
 
@@ -199,7 +202,7 @@ def test_other_oversized_yaml_is_refused(tmp_path: Path, text: str, problem: str
     start = time.perf_counter()
     with pytest.raises(ConfigError, match=f"is refused: its YAML .*{problem}"):
         load_config(path)
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < 10.0
 
 
 def test_markup_in_a_value_is_printed_as_text(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ import gzip
 import pickle
 import re
 import struct
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -183,13 +182,9 @@ def test_idx_image_and_label_counts_must_agree(tmp_path: Path) -> None:
 @pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="package dataset-fashion-mnist not installed")
 def test_real_fashion_mnist_from_system_package(monkeypatch) -> None:
     monkeypatch.setattr(source, "SYSTEM_DIRS", REAL_SYSTEM_DIRS)
-    load_dataset("digits")  # warm up imports so only the reading is timed
-    start = time.perf_counter()
-    s = load_dataset("fashion-mnist", val_fraction=0.0)
-    elapsed = time.perf_counter() - start
+    s = load_dataset("fashion-mnist", val_fraction=0.0)  # its speed: benchmarks/bench_data.py
     assert (len(s.train), len(s.test), s.num_classes) == (60000, 10000, 10)
     assert set(s.test.y.tolist()) == set(range(10)) and s.class_names[9] == "Ankle boot"
-    assert elapsed < 3.0, f"loading Fashion-MNIST took {elapsed:.2f} s"  # ~1 s; slack for load
 
 
 # ---------------------------------------------------------------- SVHN

@@ -72,7 +72,7 @@ def test_valid_configs_pass_in_seconds(data: dict) -> None:
     state = torch.random.get_rng_state()
     start = time.perf_counter()
     preflight(cfg)
-    assert time.perf_counter() - start < 5.0
+    assert time.perf_counter() - start < 30.0  # a hang guard, not a speed goal
     assert torch.equal(torch.random.get_rng_state(), state)  # the global stream is untouched
 
 

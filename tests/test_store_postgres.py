@@ -51,7 +51,7 @@ def test_nothing_listening_is_one_line_naming_the_url_and_the_fix(tmp_path: Path
         port = sock.getsockname()[1]
         url = f"postgresql://kd:s3cret-pw@127.0.0.1:{port}/runs?artefacts={tmp_path}"
         message, took = _refused(url)
-    assert took < 3, took
+    assert took < CONNECT_TIMEOUT_S, took  # refused at once, not after the connect timeout
     assert f"postgresql://kd:***@127.0.0.1:{port}/runs" in message
     assert "s3cret-pw" not in message and "artefacts" not in message
     assert "Connection refused" in message and "is PostgreSQL running there" in message
@@ -267,6 +267,6 @@ def test_a_held_writer_lock_times_out_and_the_store_stays_usable(
             start = time.monotonic()
             with pytest.raises(StoreError, match=r"cannot write to run store.*lock timeout"):
                 store.log_epoch(run, 1, {"loss": 1.0})
-            assert time.monotonic() - start < 5
+            assert time.monotonic() - start < 30  # gave up after LOCK_TIMEOUT_S, not 60 s
         store.fail_run(run, "bad\x00byte")  # the lock is free again; PostgreSQL text has no NUL
         assert store.get_run(run).error == "bad\ufffdbyte" and store.history(run) == []
