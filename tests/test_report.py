@@ -66,7 +66,13 @@ def add_run(store: RunStore, role: str, seed: int, config: dict, metrics: dict) 
                               config={"experiment": config})  # fmt: skip
     for epoch in (1, 2, 3):
         store.log_epoch(run_id, epoch, {"loss": 1 / epoch, "val_accuracy": 0.5 + 0.1 * epoch})
-    store.finish_run(run_id, metrics)
+    confidence = [0.1, 0.5, 0.9]  # three bins, an over-confident model
+    bins = {
+        "count": [10, 30, 60],
+        "confidence": confidence,
+        "accuracy": [c - 0.05 for c in confidence],
+    }
+    store.finish_run(run_id, metrics, calibration=bins)
 
 
 def build_sweep_store(root: Path) -> Path:
@@ -168,7 +174,8 @@ def test_short_names_resolve_to_the_one_path_ending_in_them() -> None:
 # -- the written report ---------------------------------------------------------------------------
 
 TABLES = ("report.md", "report.tex", "report.html")
-FIGURES = ("metric_lines", "heatmap", "gap_closed", "learning_curves", "calibration", "agreement")
+FIGURES = ("metric_lines", "heatmap", "gap_closed", "learning_curves", "reliability",
+           "calibration", "agreement")  # fmt: skip
 N_GROUPS = 2 + len(TEMPERATURES) * len(ALPHAS)
 
 
@@ -354,6 +361,6 @@ def test_report_of_a_real_digits_run(tmp_path: Path) -> None:
     lines = table_lines((tmp_path / "out" / "report.md").read_text())
     assert [line.split("|")[1].strip() for line in lines[2:]] == ["teacher", "student", "distilled"]
     assert all(line.split("|")[2].strip() == "4" for line in lines[2:])  # the recorded T
-    for name in ("learning_curves.png", "gap_closed.png", "agreement.png"):
+    for name in ("learning_curves.png", "gap_closed.png", "agreement.png", "reliability.png"):
         assert (tmp_path / "out" / name).stat().st_size > 1000
     assert not (tmp_path / "out" / "metric_lines.png").exists()  # one temperature: no line

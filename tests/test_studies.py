@@ -81,11 +81,13 @@ def test_multiview_views_splits_each_models_accuracy_by_kind_of_sample(tmp_path:
     x = torch.from_numpy(test.x)
     with torch.no_grad():
         mean_probs = sum(torch.softmax(m(x), 1) for m in members) / 2
-    correct = (mean_probs.argmax(1).numpy() == test.y)
+    correct = mean_probs.argmax(1).numpy() == test.y
     assert rows["ensemble"][0]["multi"] == pytest.approx(correct[test.view == 0].mean())
     assert rows["ensemble"][0]["single"] == pytest.approx(correct[test.view > 0].mean())
     by_kind = view_accuracy(members[0], test)
     assert set(by_kind) == {"multi", "first only", "second only"}
     lines = views.table(rows)
     assert [line["model"] for line in lines][-2:] == [
-        "distilled − single (multi-view), paired", "distilled − single (single-view), paired"]
+        "distilled − single (multi-view), paired",
+        "distilled − single (single-view), paired",
+    ]

@@ -40,18 +40,33 @@ def kl_to_teacher(
     return kl_divergence(log_p, log_q).mean().item()
 
 
-def expected_calibration_error(logits: Tensor, targets: Tensor, n_bins: int = 15) -> float:
-    """ECE with ``n_bins`` equal-width confidence bins on (0, 1]: Σ_b |B_b|/n · |acc_b − conf_b|."""
+def _bin_sums(logits: Tensor, targets: Tensor, n_bins: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per confidence bin: sample count, summed confidence, number correct (float64)."""
     probs = torch.softmax(_f64(logits), -1)
     confidence, predicted = probs.max(-1)
     correct = (predicted == targets).double()
     # Bin b holds confidences in (b/n, (b+1)/n]; ceil(c·n) − 1 maps c = 1.0 into the last bin.
     bins = (torch.ceil(confidence * n_bins).long() - 1).clamp(0, n_bins - 1)
-    n = len(targets)
     counts = torch.bincount(bins, minlength=n_bins).double()
     conf_sum = torch.bincount(bins, weights=confidence, minlength=n_bins)
     acc_sum = torch.bincount(bins, weights=correct, minlength=n_bins)
-    return ((acc_sum - conf_sum).abs().sum() / n).item() if counts.sum() > 0 else 0.0
+    return counts, conf_sum, acc_sum
+
+
+def expected_calibration_error(logits: Tensor, targets: Tensor, n_bins: int = 15) -> float:
+    """ECE with ``n_bins`` equal-width confidence bins on (0, 1]: Σ_b |B_b|/n · |acc_b − conf_b|."""
+    counts, conf_sum, acc_sum = _bin_sums(logits, targets, n_bins)
+    return ((acc_sum - conf_sum).abs().sum() / counts.sum()).item() if counts.sum() > 0 else 0.0
+
+
+def reliability_bins(logits: Tensor, targets: Tensor, n_bins: int = 15) -> dict[str, list[float]]:
+    """What a reliability diagram plots, in the ECE's bins: per bin the sample ``count``, the mean
+    ``confidence`` and the ``accuracy`` (both 0 for an empty bin). Counts, not fractions, so the
+    bins of several runs pool exactly (kdlab report pools a group's seeds)."""
+    counts, conf_sum, acc_sum = _bin_sums(logits, targets, n_bins)
+    safe = counts.clamp(min=1)
+    return {"count": counts.tolist(), "confidence": (conf_sum / safe).tolist(),
+            "accuracy": (acc_sum / safe).tolist()}  # fmt: skip
 
 
 def distillation_error(

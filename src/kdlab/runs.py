@@ -34,7 +34,7 @@ from kdlab.engine import Engine, EpochCallback, Trainable
 from kdlab.errors import ConfigError, StoreError, shorten
 from kdlab.health import check_history
 from kdlab.inference import call_model, describe_inputs, model_output, predict_logits, to_device
-from kdlab.metrics import classification_metrics
+from kdlab.metrics import classification_metrics, reliability_bins
 from kdlab.progress import epoch_printer
 from kdlab.settings import TrainSettings
 from kdlab.store import RunRecord, RunStore
@@ -105,10 +105,16 @@ class Recorder:
     def __post_init__(self) -> None:
         self.store = shared_store(self.store)  # under DDP: rank 0 writes, the others ask it
 
+    @torch.no_grad()
     def evaluate(
         self, model: nn.Module, test: ArrayDataset, teacher: nn.Module | None = None
-    ) -> dict[str, float]:
-        return evaluate(model, test, teacher, gamma=self.gamma, ece_bins=self.ece_bins)
+    ) -> tuple[dict[str, float], dict[str, list[float]]]:
+        """Test metrics and the reliability bins (kdlab.metrics), from one pass over test."""
+        logits = predict_logits(model, test)
+        teacher_logits = predict_logits(teacher, test) if teacher is not None else None
+        metrics = classification_metrics(logits, test.y, teacher_logits, gamma=self.gamma,
+                                         n_bins=self.ece_bins)  # fmt: skip
+        return metrics, reliability_bins(logits, test.y, self.ece_bins)
 
     def start(self, run: RunInfo, config: Mapping[str, Any]) -> str | None:
         """Create the run's row (status ``running``); None without a store."""
@@ -276,11 +282,11 @@ def fit(
     try:
         history = engine.fit(scheme, data.train, data.val, resume=previous is not None)
         check_history(history, run.label, recorder.strict)
-        metrics = recorder.evaluate(model, data.test, teacher)
+        metrics, bins = recorder.evaluate(model, data.test, teacher)
         if recorder.store is not None and run_id is not None:
             artefacts, hashes = recorder.save_weights(run_id, model, settings.epochs)
             artefacts["checkpoint"] = str(engine.checkpoint_path)
-            recorder.store.finish_run(run_id, metrics, artefacts, hashes)
+            recorder.store.finish_run(run_id, metrics, artefacts, hashes, bins)
     except BaseException as err:
         recorder.stop(run_id, err)
         raise
@@ -354,7 +360,7 @@ def record_model(
     if previous is not None and previous.status == "finished" and recorder.store is not None:
         stored = recorder.store.history(previous.id)
         return RunResult(model, previous.metrics, stored, previous.id, run.role, run.seed)
-    metrics = recorder.evaluate(model, data.test, teacher)
+    metrics, bins = recorder.evaluate(model, data.test, teacher)
     rows = [dict(row) for row in history]
     run_id = recorder.start(run, run.config)
     if recorder.store is not None and run_id is not None:
@@ -367,7 +373,7 @@ def record_model(
                 artefacts, hashes = recorder.save_weights(run_id, model, len(rows))
             else:
                 artefacts, hashes = {"model": weights_file}, {}
-            recorder.store.finish_run(run_id, metrics, artefacts, hashes)
+            recorder.store.finish_run(run_id, metrics, artefacts, hashes, bins)
         except BaseException as err:
             recorder.stop(run_id, err)
             raise
@@ -384,9 +390,7 @@ def evaluate(
     ece_bins: int = 15,
 ) -> dict[str, float]:
     """Test metrics of ``model`` (and, with a teacher, how closely it follows the teacher)."""
-    logits = predict_logits(model, test)
-    teacher_logits = predict_logits(teacher, test) if teacher is not None else None
-    return classification_metrics(logits, test.y, teacher_logits, gamma=gamma, n_bins=ece_bins)
+    return Recorder(gamma=gamma, ece_bins=ece_bins).evaluate(model, test, teacher)[0]
 
 
 __all__ = ["Fittable", "Recorder", "RunHook", "RunInfo", "RunResult", "check_num_classes",

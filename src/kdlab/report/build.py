@@ -151,11 +151,13 @@ def draw_figures(data: ReportData, out: Path) -> tuple[list[Path], list[tuple[st
         fig.savefig(out / f"{stem}.pdf")
         written += [out / f"{stem}.png", out / f"{stem}.pdf"]
         embedded.append((stem, title, png))
-        if stem == "calibration":
-            data.notes.append(
-                "reliability diagram: the store keeps the ECE, not per-bin confidence and "
-                "accuracy, so calibration.png shows the ECE per group instead"
-            )
+    if not any(stem == "reliability" for stem, _, _ in embedded) and any(
+        stem == "calibration" for stem, _, _ in embedded
+    ):
+        data.notes.append(
+            "no reliability diagram: these runs were recorded without their reliability bins "
+            "(by an older kdlab); calibration.png shows each group's ECE"
+        )
     return written, embedded
 
 

@@ -33,6 +33,8 @@ class ReportRun:
     seed: int
     metrics: dict[str, float]
     config: dict[str, Any]
+    #: The test set's reliability bins (RunRecord.calibration); None for older runs.
+    calibration: dict[str, list[float]] | None = None
 
 
 @dataclass(eq=False)  # groups are compared by identity: two groups never share role and values
@@ -67,7 +69,14 @@ def load_runs(store: RunStore, experiment: str) -> list[ReportRun]:
             f"no finished runs of experiment {experiment!r} in {store.root}; experiments: {known}"
         )
     return [
-        ReportRun(r.id, r.role, r.seed or 0, r.metrics, flatten(experiment_config(r.config)))
+        ReportRun(
+            r.id,
+            r.role,
+            r.seed or 0,
+            r.metrics,
+            flatten(experiment_config(r.config)),
+            r.calibration,
+        )
         for r in records
     ]
 

@@ -21,6 +21,11 @@ from typing import Any
 from kdlab.errors import StoreError
 
 STATUSES = ("running", "finished", "failed", "interrupted")
+#: The key of a finished run's reliability bins inside its metrics JSON. Kept there, not in a
+#: column of its own, so no schema change was needed; readers keep only the numbers as metrics
+#: (an older kdlab skips the bins).
+CALIBRATION = "calibration"
+BIN_KEYS = ("count", "confidence", "accuracy")
 #: A run on another host counts as interrupted when its heartbeat is older than this (6 h: longer
 #: than any epoch we expect; on its own host kdlab checks the process instead).
 STALE_AFTER_S = 6 * 3600
@@ -49,6 +54,9 @@ class RunRecord:
     heartbeat_at: str | None = None
     #: SHA-256 of each artefact file, by artefact key (a replaced file is refused on load).
     hashes: dict[str, str] = field(default_factory=dict)
+    #: The test set's reliability bins (``count``, ``confidence``, ``accuracy`` lists, see
+    #: kdlab.metrics.reliability_bins), for a reliability diagram; None for runs without them.
+    calibration: dict[str, list[float]] | None = None
 
 
 def record_from_row(row: tuple) -> RunRecord:
@@ -56,6 +64,8 @@ def record_from_row(row: tuple) -> RunRecord:
     config, metrics, artefacts, hashes = (_mapping(v) for v in (*row[8:11], row[15]))
     record = RunRecord(*row[:8], config, metrics, artefacts, row[11], *row[12:15], hashes)
     record.metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    bins = metrics.get(CALIBRATION)
+    record.calibration = bins if isinstance(bins, dict) and _bins_problem(bins) is None else None
     record.status = effective_status(record)
     return record
 
@@ -122,6 +132,29 @@ def dumps(obj: Any, what: str) -> str:
         return json.dumps(obj, default=json_default, allow_nan=True)
     except (TypeError, ValueError) as e:
         raise StoreError(f"cannot store {what}: {e}; use plain JSON types") from e
+
+
+def checked_bins(bins: Mapping[str, Any]) -> dict[str, list[float]]:
+    """Reliability bins as the store keeps them; a StoreError for any other shape."""
+    problem = _bins_problem(bins)
+    if problem is not None:
+        raise StoreError(
+            f"cannot store reliability bins: {problem}; pass {BIN_KEYS} as "
+            "lists of one length (kdlab.metrics.reliability_bins makes them)"
+        )
+    return {key: [float(v) for v in bins[key]] for key in BIN_KEYS}
+
+
+def _bins_problem(bins: Mapping[str, Any]) -> str | None:
+    if not isinstance(bins, Mapping) or set(bins) != set(BIN_KEYS):
+        keys = sorted(map(str, bins)) if isinstance(bins, Mapping) else type(bins).__name__
+        return f"keys {keys} are not {list(BIN_KEYS)}"
+    lists = [bins[key] for key in BIN_KEYS]
+    if not all(isinstance(v, (list, tuple)) for v in lists) or len({len(v) for v in lists}) != 1:
+        return "the three are not lists of one length"
+    if not all(isinstance(x, (int, float)) and x >= 0 for v in lists for x in v):
+        return "a value is not a non-negative number"
+    return None
 
 
 def floats(metrics: Mapping[str, Any]) -> dict[str, float]:

@@ -23,9 +23,11 @@ from kdlab.errors import StoreError
 from kdlab.store.backend import Backend
 from kdlab.store.connection import StoreConnection
 from kdlab.store.records import (
+    CALIBRATION,
     HOST,
     STATUSES,
     RunRecord,
+    checked_bins,
     dumps,
     floats,
     record_from_row,
@@ -129,10 +131,17 @@ class RunStore(StoreConnection):
         metrics: dict[str, float],
         artefacts: dict[str, str] | None = None,
         hashes: dict[str, str] | None = None,
+        calibration: Mapping[str, list[float]] | None = None,
     ) -> None:
-        """Mark a running run finished with its final metrics; artefacts (and the SHA-256 of
-        their files, by the same keys) merge into existing ones."""
-        payload = dumps(floats(metrics), "metrics")
+        """Mark a running run finished with its final metrics (and the test set's reliability
+        bins, see RunRecord.calibration); artefacts (and the SHA-256 of their files, by the
+        same keys) merge into existing ones."""
+        values: dict = floats(metrics)
+        if CALIBRATION in values:
+            raise StoreError(f"metric name {CALIBRATION!r} is reserved for the reliability bins")
+        if calibration is not None:
+            values[CALIBRATION] = checked_bins(calibration)
+        payload = dumps(values, "metrics")
         new = {str(k): str(v) for k, v in (artefacts or {}).items()}
         with self._write() as conn:
             self._require(conn, run_id, running=True)
