@@ -71,10 +71,12 @@ def by_cell(store: Path, status: str = "finished") -> Counter:
 
 
 def assert_one_run_each(store: Path, cells: int, seeds: int) -> None:
+    """Each cell's distilled student once; the teacher and the student alone once per seed (the
+    cells vary the loss only, so they share both)."""
     counts = by_cell(store)
     assert set(counts.values()) == {1}, counts  # nothing trained twice
     roles = Counter(role for _, _, role in counts)
-    assert roles == {"teacher": seeds, "student": cells * seeds, "distilled": cells * seeds}
+    assert roles == {"teacher": seeds, "student": seeds, "distilled": cells * seeds}
 
 
 # -- the plan -------------------------------------------------------------------------------------
@@ -183,15 +185,22 @@ def test_each_teacher_trains_once_and_each_cell_records_its_assignments(swept) -
     assert len(progress) == 6 and sum("test acc" in line for line in progress) == 4, progress
     assert "[1/6] distill.loss.1.temperature=1 student.train.optimizer.lr=0.003 seed 0: " \
            "test acc" in result.stdout  # fmt: skip
-    assert sum(line.startswith("teacher s") for line in result.stdout.splitlines()) == 2
+    lines = result.stdout.splitlines()
+    assert sum(line.startswith("teacher s") for line in lines) == 2
+    # The two good cells share their student alone (one per seed); the third's diverges.
+    assert sum(line.startswith("student alone s") and "(shared by 2 cells)" in line
+               and "test acc" in line for line in lines) == 2  # fmt: skip
     with RunStore(store) as runs:
         records = runs.list_runs(status="finished")
-    teachers = [r for r in records if r.role == "teacher"]
-    assert sorted(r.seed for r in teachers) == [0, 1]  # one per seed, shared by three cells
-    assert all(set(r.config["sweep"]) == {"name", "teacher"} for r in teachers)
+    for role in ("teacher", "student"):  # one per seed, shared by the cells
+        shared = [r for r in records if r.role == role]
+        assert sorted(r.seed for r in shared) == [0, 1]
+        assert all(set(r.config["sweep"]) == {"name", role} for r in shared)
+    alone = [r for r in records if r.role == "student"]
+    assert all("distill" not in r.config["experiment"] for r in alone)  # labels only
     cells = Counter((yaml.safe_dump(r.config["sweep"]["cell"]), r.seed, r.role)
-                    for r in records if r.role != "teacher")  # fmt: skip
-    assert set(cells.values()) == {1} and len(cells) == 2 * 2 * 2  # two good cells
+                    for r in records if r.role == "distilled")  # fmt: skip
+    assert set(cells.values()) == {1} and len(cells) == 2 * 2  # two good cells
     for r in records:
         assert r.experiment == "sw"
         if r.role == "distilled":
@@ -210,13 +219,18 @@ def test_a_failed_cell_is_recorded_and_the_others_finish(swept) -> None:
     _, store, result = swept
     assert result.exit_code == 1, result.output
     failed = [line for line in result.stdout.splitlines() if "FAILED" in line]
-    assert len(failed) == 2 and all("lr=1e+30" in line for line in failed)
-    assert "NonFiniteLossError" in failed[0]
-    assert result.stderr.startswith("error: 2 of 6 cells failed: ")
-    assert "lr=1e+30 seed 0" in result.stderr and "lr=1e+30 seed 1" in result.stderr
+    cells = [line for line in failed if "lr=1e+30" in line]  # the cell, seeds 0 and 1
+    alone = [line for line in failed if line.startswith("student alone s")]  # its student alone
+    assert len(cells) == 2 and len(alone) == 2 and len(failed) == 4, failed
+    assert all("NonFiniteLossError" in line for line in failed)
+    err = " ".join(result.stderr.split())
+    assert err.startswith("error: 2 of 6 cells failed: ")
+    assert "lr=1e+30 seed 0" in err and "lr=1e+30 seed 1" in err
+    assert "the student alone failed for distill.loss.1.temperature=4 " in err
     with RunStore(store) as runs:
         bad = runs.list_runs(status="failed")
-    assert sorted(r.seed for r in bad) == [0, 1] and {r.role for r in bad} == {"student"}
+    assert sorted(r.seed for r in bad) == [0, 0, 1, 1]
+    assert sorted(r.role for r in bad) == ["distilled", "distilled", "student", "student"]
     assert all("non-finite loss" in (r.error or "") for r in bad)
 
 
@@ -228,7 +242,7 @@ def test_a_second_sweep_reuses_every_finished_cell(swept) -> None:
     assert sum("(stored)" in line for line in again.stdout.splitlines()) == 4
     assert "teacher s" not in again.stdout  # no teacher trained or loaded for stored cells
     assert by_cell(store) == before  # nothing trained twice
-    assert sum(by_cell(store, "failed").values()) == 4
+    assert sum(by_cell(store, "failed").values()) == 8  # the failing cell and student, again
 
 
 # -- several processes ----------------------------------------------------------------------------

@@ -80,11 +80,14 @@ class _Seed:
             self.cfg, data, self.seed, teacher, self.recorder, self.config_json
         )
 
-    def baseline(self, ctx: DistillContext) -> RunResult:
-        """The student alone: the same initial weights and examples, labels only."""
-        run = ctx.run("student", f"student s{self.seed}")
-        return fit_offline(ctx.new_student(), ctx.data, [{"type": "ce"}], self.cfg.student.train,
-                           None, run, self.recorder)  # fmt: skip
+
+def fit_student_alone(cfg: ExperimentConfig, ctx: DistillContext) -> RunResult:
+    """The student alone (role ``student``): the distilled student's initial weights and
+    examples, its config's training settings, labels only. ``kdlab sweep`` runs it once per seed
+    for all the cells that share it."""
+    run = ctx.run("student", f"student s{ctx.seed}")
+    return fit_offline(ctx.new_student(), ctx.data, [{"type": "ce"}], cfg.student.train, None,
+                       run, ctx.recorder)  # fmt: skip
 
 
 def run_experiment(
@@ -140,11 +143,11 @@ def run_experiment(
             result.teachers[seed] = teacher
         ctx = one.context(data, teacher)
         if cfg.student.baseline:
-            record([one.baseline(ctx)])
+            record([fit_student_alone(cfg, ctx)])
         record(scheme.run(ctx))
         if stored is not None:
             stored.mark_complete([r.run_id for r in result.runs[first:] if r.run_id is not None])
     return result
 
 
-__all__ = ["ExperimentResult", "run_experiment"]
+__all__ = ["ExperimentResult", "fit_student_alone", "run_experiment"]

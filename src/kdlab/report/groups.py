@@ -134,14 +134,25 @@ def build_groups(
     return groups, left
 
 
+def covers(reference: Sequence[Any], values: Sequence[Any]) -> bool:
+    """Whether a reference group's values stand for ``values``: equal where the reference
+    recorded the key, any value where it did not (a sweep's shared teacher and student alone
+    record no loss keys, and serve every cell)."""
+    return all(r is None or show_value(r) == show_value(v)
+               for r, v in zip(reference, values, strict=True))  # fmt: skip
+
+
 def _counterpart(group: Group, baseline: Baseline, candidates: Sequence[Group]) -> Group | None:
     """The baseline group for ``group``: its own values with the baseline's substituted, else
-    the only baseline group there is (e.g. one student-alone group for a whole sweep)."""
+    the one candidate that covers them, else the only baseline group there is."""
     role = baseline.role or group.role
     shown = [baseline.values.get(i, show_value(v)) for i, v in enumerate(group.values)]
     for other in candidates:
         if other.role == role and [show_value(v) for v in other.values] == shown:
             return other
+    covering = [o for o in candidates if o.role == role and covers(o.values, shown)]
+    if len(covering) == 1:
+        return covering[0]
     return candidates[0] if len(candidates) == 1 else None
 
 
@@ -166,10 +177,11 @@ def compare(groups: Sequence[Group], baseline: Baseline) -> list[Group]:
 
 
 def _reference_mean(groups: Sequence[Group], role: str, values: tuple[Any, ...]) -> float | None:
-    """The mean of ``role`` at these values, else over all its runs (a teacher shared by a
-    sweep may have been recorded once)."""
+    """The mean of ``role`` at these values, else of its groups that cover them (a teacher shared
+    by a sweep is recorded once), else over all its runs."""
     same = [g for g in groups if g.role == role and g.values == values]
-    pool = same or [g for g in groups if g.role == role]
+    covering = [g for g in groups if g.role == role and covers(g.values, values)]
+    pool = same or covering or [g for g in groups if g.role == role]
     xs = [x for g in pool for x in g.seeds.values()]
     return sum(xs) / len(xs) if xs else None
 

@@ -1,4 +1,5 @@
-"""One task of a sweep, as a worker runs it: train a shared teacher, or run one (cell, seed).
+"""One task of a sweep, as a worker runs it: train a shared run (a teacher, or the student alone)
+of one seed, or run one (cell, seed).
 
 Each task runs under a *claim*: an exclusive ``flock`` on a file named after the task in the
 store (``<store>/sweep-locks/``), held while it trains. Two processes that reach the same task —
@@ -22,15 +23,16 @@ from torch import nn
 from kdlab import checkpoint as ckpt
 from kdlab.config import ExperimentConfig
 from kdlab.errors import StoreError
-from kdlab.experiment import run_experiment
+from kdlab.experiment import fit_student_alone, run_experiment
 from kdlab.models import build_model
 from kdlab.models.ensemble import EnsembleTeacher
 from kdlab.preflight import load_data
 from kdlab.resume import StoredSeed
 from kdlab.runs import Recorder, RunInfo, RunResult, error_text, verified_artefact
+from kdlab.schemes.base import DistillContext
 from kdlab.seeding import derived_seed
 from kdlab.store import RunRecord, RunStore
-from kdlab.sweep.plan import SweepPlan, teacher_sections
+from kdlab.sweep.plan import SweepPlan, shared_sections
 from kdlab.teachers import build_teacher
 
 try:
@@ -39,14 +41,19 @@ except ImportError:  # Windows: no flock; one command's workers still never shar
     fcntl = None  # type: ignore[assignment]
 
 
+#: Runs a sweep trains once per seed for every cell that shares them (see kdlab.sweep.plan).
+SHARED = ("teacher", "student")
+
+
 @dataclass(frozen=True)
 class Task:
-    """Train the shared teacher ``teacher`` of ``seed``, or run cell ``cell`` with ``seed``."""
+    """Train shared run ``key`` (kind ``teacher`` or ``student``) of ``seed``, or run cell
+    ``cell`` with ``seed`` (kind ``cell``)."""
 
-    kind: str  # "teacher" or "cell"
+    kind: str
     seed: int
     cell: int = -1
-    teacher: str = ""
+    key: str = ""
 
 
 @dataclass
@@ -56,7 +63,7 @@ class Outcome:
     task: Task
     ok: bool
     metrics: dict[str, float] = field(default_factory=dict)
-    #: The student alone's test accuracy, when the cell trained one.
+    #: The test accuracy of the cell's student alone, when the store holds it.
     baseline: float | None = None
     #: Read back from the store: it had finished before.
     stored: bool = False
@@ -74,14 +81,14 @@ def cell_tag(plan: SweepPlan, index: int) -> dict[str, Any]:
     return {"name": plan.name, "cell": plan.cells[index].assignments}
 
 
-def teacher_tag(plan: SweepPlan, key: str) -> dict[str, Any]:
-    return {"name": plan.name, "teacher": key}
+def shared_tag(plan: SweepPlan, kind: str, key: str) -> dict[str, Any]:
+    return {"name": plan.name, kind: key}
 
 
 def claim_path(root: Path, plan: SweepPlan, task: Task) -> Path:
     """The task's lock file, named by what the task makes (a cell by its config's fingerprint,
     not its position), so that two commands sweeping different grids still meet on a cell."""
-    what = (f"teacher-{task.teacher}" if task.kind == "teacher"
+    what = (f"{task.kind}-{task.key}" if task.kind in SHARED
             else f"cell-{plan.cells[task.cell].fingerprint}")  # fmt: skip
     folder = root / "sweep-locks" / hashlib.sha256(plan.name.encode()).hexdigest()[:16]
     return folder / f"{what}-s{task.seed}.lock"
@@ -101,32 +108,40 @@ def execute(plan: SweepPlan, task: Task, store: RunStore) -> Outcome:
     """Run one task; an error becomes a failed Outcome (its run is already marked failed)."""
     try:
         with claim(claim_path(store.root, plan, task)):
-            if task.kind == "teacher":
-                return shared_teacher(plan, task, store)
+            if task.kind in SHARED:
+                return shared_run(plan, task, store)
             return run_cell(plan, task, store)
     except Exception as err:  # the sweep goes on with the other cells
         return Outcome(task, False, error=error_text(err))
 
 
-def find_teacher(plan: SweepPlan, key: str, seed: int, store: RunStore) -> RunRecord | None:
-    """The finished run of shared teacher ``key`` for ``seed``, if any."""
-    tag = teacher_tag(plan, key)
-    for record in store.list_runs(experiment=plan.name, role="teacher", status="finished"):
+def find_shared(
+    plan: SweepPlan, kind: str, key: str, seed: int, store: RunStore
+) -> RunRecord | None:
+    """The finished run of shared ``kind`` run ``key`` for ``seed``, if any."""
+    tag = shared_tag(plan, kind, key)
+    for record in store.list_runs(experiment=plan.name, role=kind, status="finished"):
         if record.seed == seed and same(record.config.get("sweep"), tag):
             return record
     return None
 
 
-def shared_teacher(plan: SweepPlan, task: Task, store: RunStore) -> Outcome:
-    """Train (or continue, or find) the teacher that every cell with its key uses."""
-    record = find_teacher(plan, task.teacher, task.seed, store)
+def shared_run(plan: SweepPlan, task: Task, store: RunStore) -> Outcome:
+    """Train (or continue, or find) the teacher or student alone that every cell with its key
+    uses."""
+    record = find_shared(plan, task.kind, task.key, task.seed, store)
     if record is not None:
         return Outcome(task, True, record.metrics, stored=True)
-    cfg = plan.teacher_cell(task.teacher).config
+    cfg = plan.shared_cell(task.kind, task.key).config
+    recorder = _recorder(cfg, store, {"sweep": shared_tag(plan, task.kind, task.key)})
+    recorded = shared_sections(cfg, task.kind)
+    data = load_data(cfg, task.seed)
+    if task.kind == "student":
+        ctx = DistillContext.for_seed(cfg, data, task.seed, None, recorder, recorded)
+        return Outcome(task, True, fit_student_alone(cfg, ctx).metrics)
     assert cfg.teacher is not None  # cells without a teacher have no teacher key
-    recorder = _recorder(cfg, store, {"sweep": teacher_tag(plan, task.teacher)})
-    run = RunInfo(seed=task.seed, config={"experiment": teacher_sections(cfg)})
-    teacher = build_teacher(cfg.teacher, load_data(cfg, task.seed), run, recorder)
+    run = RunInfo(seed=task.seed, config={"experiment": recorded})
+    teacher = build_teacher(cfg.teacher, data, run, recorder)
     return Outcome(task, True, teacher.runs[-1].metrics)
 
 
@@ -141,7 +156,7 @@ def load_teacher(plan: SweepPlan, task: Task, store: RunStore) -> nn.Module:
     cell = plan.cells[task.cell]
     t = cell.config.teacher
     assert t is not None and cell.teacher is not None
-    record = find_teacher(plan, cell.teacher, task.seed, store)
+    record = find_shared(plan, "teacher", cell.teacher, task.seed, store)
     if record is None:
         raise StoreError(
             f"the shared teacher of seed {task.seed} has no finished run in {store.root} (it "
@@ -163,29 +178,34 @@ def run_cell(plan: SweepPlan, task: Task, store: RunStore) -> Outcome:
     cell = plan.cells[task.cell]
     done = StoredSeed(store, plan.name, cell.fingerprint, task.seed).completed_runs()
     if done:
-        return outcome_of(task, done, stored=True)
+        return outcome_of(plan, task, done, store, stored=True)
     teachers = {task.seed: load_teacher(plan, task, store)} if cell.teacher else None
     # The tag joins each run's recorded config: the runs layer then continues or reuses only
     # this cell's runs (it compares recorded configs), and a report can group by assignments.
     result = run_experiment(cell.for_seed(task.seed), store, progress=False, teachers=teachers,
                             resume=True, tags={"sweep": cell_tag(plan, task.cell)})  # fmt: skip
-    return outcome_of(task, result.runs, stored=False)
+    return outcome_of(plan, task, result.runs, store, stored=False)
 
 
-def outcome_of(task: Task, runs: list[RunResult], stored: bool) -> Outcome:
-    """The cell's main run is its distilled student (else its last run)."""
+def outcome_of(
+    plan: SweepPlan, task: Task, runs: list[RunResult], store: RunStore, stored: bool
+) -> Outcome:
+    """The cell's main run is its distilled student (else its last run); beside it, the test
+    accuracy of its shared student alone, where that has finished."""
     main = next((r for r in reversed(runs) if r.role == "distilled"), runs[-1])
-    alone = next((r for r in runs if r.role == "student"), None)
+    key = plan.cells[task.cell].student
+    alone = find_shared(plan, "student", key, task.seed, store) if key else None
     baseline = alone.metrics.get("accuracy") if alone is not None else None
     return Outcome(task, True, main.metrics, baseline, stored)
 
 
 __all__ = [
+    "SHARED",
     "Outcome",
     "Task",
     "claim",
     "claim_path",
     "execute",
-    "find_teacher",
+    "find_shared",
     "outcome_of",
 ]

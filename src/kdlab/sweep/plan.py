@@ -3,7 +3,9 @@
 A cell is the base config with one value per grid key (every combination) and one position of
 the zipped lists (all varied together), validated like a config file. Cells that share their
 teacher (same data, teacher, metrics and strictness sections) share one trained teacher per seed:
-:attr:`Cell.teacher` is that section's hash.
+:attr:`Cell.teacher` is that section's hash. Likewise cells with the same data, student, metrics
+and strictness share one student-alone baseline per seed (:attr:`Cell.student`): a grid over the
+loss trains the student alone once per seed, not once per cell.
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ from kdlab.resume import config_fingerprint
 MAX_CELLS, MAX_SEEDS = 10_000, 10_000
 #: Keys a grid may not vary: every cell is one experiment over the same seeds.
 OWN_OPTIONS = {"name": "--name", "seeds": "--seeds"}
-#: The config sections a teacher's training depends on: cells equal in these share a teacher.
-TEACHER_SECTIONS = ("data", "teacher", "metrics", "strict")
+#: The config sections each shared run's training depends on: cells equal in these share it.
+SHARED_SECTIONS = {
+    "teacher": ("data", "teacher", "metrics", "strict"),
+    "student": ("data", "student", "metrics", "strict"),  # the student alone: labels only
+}
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,12 @@ class Cell:
     config: ExperimentConfig
     #: Hash of the config's teacher sections; None when the config has no teacher.
     teacher: str | None
+    #: Hash of its student-alone sections; None when the config trains no student alone.
+    student: str | None = None
+
+    def shared(self, kind: str) -> str | None:
+        """The key of the cell's shared ``teacher`` or ``student`` (alone) run, if it has one."""
+        return self.teacher if kind == "teacher" else self.student
 
     @property
     def label(self) -> str:
@@ -67,11 +78,19 @@ class Cell:
         return text or "(the base config)"
 
     @property
+    def run_config(self) -> ExperimentConfig:
+        """What the cell itself runs: without the student alone, which is a shared run."""
+        if self.student is None:
+            return self.config
+        student = self.config.student.model_copy(update={"baseline": False})
+        return self.config.model_copy(update={"student": student})
+
+    @property
     def fingerprint(self) -> str:
-        return config_fingerprint(self.config.model_dump(mode="json"))
+        return config_fingerprint(self.run_config.model_dump(mode="json"))
 
     def for_seed(self, seed: int) -> ExperimentConfig:
-        return self.config.model_copy(update={"seeds": [seed]})
+        return self.run_config.model_copy(update={"seeds": [seed]})
 
 
 @dataclass(frozen=True)
@@ -80,12 +99,12 @@ class SweepPlan:
     seeds: list[int]
     cells: list[Cell]
 
-    def teacher_cell(self, key: str) -> Cell:
-        """The first cell taught by shared teacher ``key`` (its config describes the teacher)."""
-        return next(c for c in self.cells if c.teacher == key)
+    def shared_cell(self, kind: str, key: str) -> Cell:
+        """The first cell with shared ``kind`` run ``key`` (its config describes that run)."""
+        return next(c for c in self.cells if c.shared(kind) == key)
 
-    def sharing(self, key: str) -> int:
-        return sum(c.teacher == key for c in self.cells)
+    def sharing(self, kind: str, key: str) -> int:
+        return sum(c.shared(kind) == key for c in self.cells)
 
 
 def format_value(value: Any) -> str:
@@ -188,17 +207,21 @@ def value_at(data: Any, key: str, default: Any) -> Any:
     return data
 
 
-def teacher_key(config_json: dict[str, Any]) -> str | None:
-    if config_json.get("teacher") is None:
+def shared_key(config_json: dict[str, Any], kind: str) -> str | None:
+    """The hash of the sections shared run ``kind`` depends on; None when the config has none
+    (no teacher; ``student.baseline: false``)."""
+    if kind == "teacher" and config_json.get("teacher") is None:
         return None
-    sections = {k: config_json.get(k) for k in TEACHER_SECTIONS}
+    if kind == "student" and not config_json["student"].get("baseline", True):
+        return None
+    sections = {k: config_json.get(k) for k in SHARED_SECTIONS[kind]}
     return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def teacher_sections(cfg: ExperimentConfig) -> dict[str, Any]:
-    """What a shared teacher's runs record as their experiment config."""
+def shared_sections(cfg: ExperimentConfig, kind: str) -> dict[str, Any]:
+    """What a shared run records as its experiment config."""
     data = cfg.model_dump(mode="json")
-    return {"name": cfg.name, **{k: data.get(k) for k in TEACHER_SECTIONS}}
+    return {"name": cfg.name, **{k: data.get(k) for k in SHARED_SECTIONS[kind]}}
 
 
 def _axes(options: SweepOptions) -> tuple[list[Axis], list[Axis]]:
@@ -257,7 +280,10 @@ def plan_sweep(cfg: ExperimentConfig, source: str, options: SweepOptions) -> Swe
         config = apply_overrides(base, texts, source)
         held = config.model_dump()  # Python values: the JSON dump writes inf as null
         assignments = {a.key: value_at(held, a.key, a.values[i]) for a, i in chosen}
-        cell = Cell(len(cells), assignments, config, teacher_key(config.model_dump(mode="json")))
+        dump = config.model_dump(mode="json")
+        cell = Cell(
+            len(cells), assignments, config, *(shared_key(dump, k) for k in SHARED_SECTIONS)
+        )
         twin = fingerprints.setdefault(cell.fingerprint, cell)
         if twin is not cell:
             raise ConfigError(

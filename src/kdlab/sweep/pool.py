@@ -2,9 +2,10 @@
 
 This process is the only scheduler: it hands each task to one idle worker over that worker's own
 pipe, so within one command no task is ever given out twice. A cell's task is handed out only
-after its shared teacher's task succeeded. A worker that dies (``kill -9``, out of memory) costs
-its task only: that task is reported failed — its runs read as interrupted and continue when the
-command runs again — a new worker takes its place, and the other tasks go on.
+after its shared teacher's task succeeded; the shared student alone is its own task, which no
+cell waits for (a distilled student does not need it). A worker that dies (``kill -9``, out of
+memory) costs its task only: that task is reported failed — its runs read as interrupted and
+continue when the command runs again — a new worker takes its place, and the other tasks go on.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 from kdlab.resume import StoredSeed
 from kdlab.store import RunStore
-from kdlab.sweep.cells import Outcome, Task, execute, find_teacher, outcome_of
+from kdlab.sweep.cells import SHARED, Outcome, Task, execute, find_shared, outcome_of
 from kdlab.sweep.plan import SweepPlan, format_value
 
 Report = Callable[[Outcome], None]
@@ -43,7 +44,7 @@ class Schedule:
         task = outcome.task
         if task.kind != "teacher":
             return []
-        cells = self.waiting.pop((task.teacher, task.seed), [])
+        cells = self.waiting.pop((task.key, task.seed), [])
         if outcome.ok:
             self.ready.extend(cells)
             return []
@@ -60,26 +61,30 @@ def schedule(plan: SweepPlan, store: RunStore) -> tuple[Schedule, list[Outcome]]
     Only an optimisation: each task checks the store again under its claim before training.
     """
     todo, stored = Schedule(), []
-    teachers: dict[tuple[str, int], bool] = {}  # (key, seed) → already finished
+    finished: dict[tuple[str, str, int], bool] = {}  # (kind, key, seed) → shared run is done
+
+    def shared_done(kind: str, key: str, seed: int) -> bool:
+        """Whether the shared run has finished; the first time it has not, its task is queued."""
+        if (kind, key, seed) not in finished:
+            finished[kind, key, seed] = find_shared(plan, kind, key, seed, store) is not None
+            if not finished[kind, key, seed]:
+                todo.ready.append(Task(kind, seed, key=key))
+        return finished[kind, key, seed]
+
     for cell in plan.cells:
         for seed in plan.seeds:
             task = Task("cell", seed, cell=cell.index)
             runs = StoredSeed(store, plan.name, cell.fingerprint, seed).completed_runs()
             if runs:
-                stored.append(outcome_of(task, runs, stored=True))
+                stored.append(outcome_of(plan, task, runs, store, stored=True))
+            if cell.student is not None:
+                shared_done("student", cell.student, seed)
+            if runs:
                 continue
-            if cell.teacher is None:
-                todo.ready.append(task)
-                continue
-            pair = (cell.teacher, seed)
-            if pair not in teachers:
-                teachers[pair] = find_teacher(plan, cell.teacher, seed, store) is not None
-                if not teachers[pair]:
-                    todo.ready.append(Task("teacher", seed, teacher=cell.teacher))
-            if teachers[pair]:
+            if cell.teacher is None or shared_done("teacher", cell.teacher, seed):
                 todo.ready.append(task)
             else:
-                todo.waiting.setdefault(pair, []).append(task)
+                todo.waiting.setdefault((cell.teacher, seed), []).append(task)
     return todo, stored
 
 
@@ -195,8 +200,9 @@ class SweepResult:
     def line(self, outcome: Outcome) -> str:
         """One line of progress: what ran, with which seed, and its test accuracy or error."""
         task = outcome.task
-        if task.kind == "teacher":
-            what = f"teacher s{task.seed} (shared by {self.plan.sharing(task.teacher)} cells)"
+        if task.kind in SHARED:
+            role = "student alone" if task.kind == "student" else "teacher"
+            what = f"{role} s{task.seed} (shared by {self.plan.sharing(task.kind, task.key)} cells)"
         else:
             done = len(self.cells())
             total = len(self.plan.cells) * len(self.plan.seeds)
@@ -210,14 +216,21 @@ class SweepResult:
         return text + (" (stored)" if outcome.stored else "")
 
     def failure_line(self) -> str:
+        """What failed: cells (with their seeds), then student-alone runs no cell counted."""
         failed = [o for o in self.failed() if o.task.kind == "cell"]
         total = len(self.plan.cells) * len(self.plan.seeds)
         shown = [f"{self.plan.cells[o.task.cell].label} seed {o.task.seed}" for o in failed[:10]]
         more = f" and {len(failed) - 10} more" if len(failed) > 10 else ""
+        text = f"{len(failed)} of {total} cells failed: {'; '.join(shown)}{more}" if failed else ""
+        alone = [o.task for o in self.failed() if o.task.kind == "student"]
+        if alone:
+            runs = "; ".join(f"{self.plan.shared_cell('student', t.key).label} seed {t.seed}"
+                             for t in alone[:10])  # fmt: skip
+            text += ("; the student alone" if text else "the student alone") + f" failed for {runs}"
         return (
-            f"{len(failed)} of {total} cells failed: {'; '.join(shown)}{more}. Their errors: "
-            f"`kdlab runs --experiment {format_value(self.plan.name)} --status failed`; run the "
-            "same command again to retry them (finished cells are not trained again)"
+            f"{text}. Their errors: `kdlab runs --experiment {format_value(self.plan.name)} "
+            "--status failed`; run the same command again to retry them (finished runs are not "
+            "trained again)"
         )
 
 
