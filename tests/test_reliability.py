@@ -26,6 +26,7 @@ from pg_server import (  # noqa: F401  (fixtures: pytest finds them by their nam
     pg_database_fixture,
     store_at_fixture,
 )
+from test_report import TINY  # teacher, student alone, distilled; 2 seeds of digits
 
 
 def loop_bins(logits: torch.Tensor, targets: torch.Tensor, n_bins: int) -> dict[str, list[float]]:
@@ -158,16 +159,6 @@ def test_damaged_stored_bins_read_as_none_with_the_metrics_intact(tmp_path: Path
     assert record.metrics == {"accuracy": 0.5} and record.calibration is None
 
 
-TINY = """
-name: tiny_bins
-seeds: [0, 1]
-data: {source: digits}
-student:
-  model: {type: mlp, hidden: [8]}
-  train: {epochs: 2, threads: 1}
-"""
-
-
 def test_a_real_run_records_bins_and_the_report_draws_the_diagram(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     runner = CliRunner()
@@ -176,13 +167,13 @@ def test_a_real_run_records_bins_and_the_report_draws_the_diagram(tmp_path: Path
                                   str(tmp_path / "s"), "--no-progress"])  # fmt: skip
     assert ran.exit_code == 0, ran.output
     with RunStore(tmp_path / "s") as store:
-        runs = store.list_runs(experiment="tiny_bins", status="finished")
+        runs = store.list_runs(experiment="tiny_real", status="finished")
     assert len(runs) == 6  # teacher, student alone, distilled × 2 seeds
     for run in runs:  # 15 bins (the default), every test sample counted once, the run's own ECE
         assert run.calibration is not None and len(run.calibration["count"]) == 15
         assert sum(run.calibration["count"]) == len(load_dataset("digits").test)
         assert pooled_ece(run.calibration) == pytest.approx(run.metrics["ece"], abs=1e-9)
-    result = runner.invoke(cli.app, ["report", "tiny_bins", "--store", str(tmp_path / "s"),
+    result = runner.invoke(cli.app, ["report", "tiny_real", "--store", str(tmp_path / "s"),
                                      "--out", str(tmp_path / "out"), "--format", "md"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "reliability.png").stat().st_size > 5000

@@ -17,17 +17,9 @@ from kdlab.config import parse_config
 from kdlab.report.build import ReportOptions, collect
 from kdlab.store import RunStore
 from kdlab.sweep.plan import SweepOptions, plan_sweep
+from test_sweep import CONFIG as SWEEP_CONFIG  # digits, tiny MLPs, 2 epochs, one thread
 
-TRAIN = {"epochs": 2, "batch_size": 64, "threads": 1, "checkpoint_seconds": 0}
-CONFIG: dict[str, Any] = {
-    "name": "shared",
-    "seeds": [0, 1],
-    "data": {"source": "digits", "test_size": 200},
-    "teacher": {"model": {"type": "mlp", "hidden": [32]}, "train": TRAIN},
-    "student": {"model": {"type": "mlp", "hidden": [8]}, "train": TRAIN},
-    "distill": {"loss": [{"type": "ce", "weight": 0.1},
-                         {"type": "soft_target", "weight": 0.9, "temperature": 4}]},
-}  # fmt: skip
+CONFIG: dict[str, Any] = {**copy.deepcopy(SWEEP_CONFIG), "name": "shared", "seeds": [0, 1]}
 GRID = ["--grid", "distill.loss.1.temperature=1,4", "--grid", "student.train.epochs=1,2"]
 
 
