@@ -147,7 +147,7 @@ def test_fsp_errors_name_the_fix() -> None:
         ({"student": "a"}, r"two layers as `student: \[first, second\]`"),
         ({"teacher": ["x"]}, r"teacher's two layers"),
         ({"student": [["a", "b"], ["b", "c"]]}, "1 teacher pairs; list as many"),
-        ({"reduction": "sum"}, "reduction must be 'batchmean'"),
+        ({"reduction": "sum"}, "reduction must be one of batchmean, mean"),
     ],
 )
 def test_fsp_rejects_bad_configs(params: dict, match: str) -> None:

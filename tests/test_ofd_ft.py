@@ -207,7 +207,7 @@ def test_carried_state_of_another_shape_names_the_fix() -> None:
     ("spec", "message"),
     [
         ({"type": "ofd", "student": "a", "teacher": "b", "margin_batches": 0}, "margin_batches"),
-        ({"type": "ofd", "student": "a", "teacher": "b", "reduction": "sum"}, "'batchmean' or"),
+        ({"type": "ofd", "student": "a", "teacher": "b", "reduction": "sum"}, "of batchmean, mean"),
         ({"type": "ft", "student": "a", "teacher": "b", "phase": "train"}, "phase must be"),
         ({"type": "ft", "student": "a", "teacher": "b", "rate": 0}, "rate must be in"),
         ({"type": "ft", "student": "a", "teacher": "b", "p": 0}, "p must be > 0"),

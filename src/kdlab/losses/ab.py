@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdlab.errors import ConfigError
-from kdlab.losses.base import register_term
+from kdlab.losses.base import check_reduction, register_term
 from kdlab.losses.feature import FeatureTerm, flat
 from kdlab.types import Batch, ModelOutput
 
@@ -41,8 +41,7 @@ def ab_loss(
     """Activation-boundary loss between the (connected) student's and the teacher's pre-ReLU
     responses of one shape [B, ...]; ``reduction`` ``batchmean`` (Σ per sample, mean over the
     batch) or ``mean`` (mean over every element)."""
-    if reduction not in REDUCTIONS:
-        raise ConfigError(f"reduction must be 'batchmean' or 'mean', got {reduction!r}")
+    check_reduction(reduction, REDUCTIONS)
     active = (teacher > 0).to(student.dtype)
     per_element = active * F.relu(margin - student).pow(2) + (1 - active) * F.relu(
         margin + student
@@ -73,8 +72,7 @@ class ActivationBoundary(FeatureTerm):
         super().__init__(student, teacher, weight, adapter, adapter_bn, name)
         if not margin >= 0:
             raise ConfigError(f"margin must be a number ≥ 0 (the paper uses 1.0), got {margin}")
-        if reduction not in REDUCTIONS:
-            raise ConfigError(f"reduction must be 'batchmean' or 'mean', got {reduction!r}")
+        check_reduction(reduction, REDUCTIONS)
         self.margin, self.reduction = float(margin), reduction
 
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch) -> Tensor:

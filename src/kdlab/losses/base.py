@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from numbers import Real
 from typing import Any, ClassVar
 
@@ -206,6 +206,17 @@ def _check_types(kind: str, spec: Mapping[str, Any]) -> None:
 
 def build_objective(specs: Iterable[Mapping[str, Any] | Term]) -> Objective:
     return Objective(s if isinstance(s, Term) else build_term(s) for s in specs)
+
+
+def check_reduction(reduction: str, allowed: Sequence[str], meaning: str = "") -> str:
+    """``reduction`` when it is one of ``allowed``, else a ConfigError that lists them (and
+    ``meaning``: what the choices are, for the term's message)."""
+    if reduction not in allowed:
+        said = f" ({meaning})" if meaning else ""
+        raise ConfigError(
+            f"reduction must be one of {', '.join(allowed)}{said}, got {quote(reduction)}"
+        )
+    return reduction
 
 
 def temperature_softmax(logits: Tensor, temperature: float) -> Tensor:

@@ -19,8 +19,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from kdlab.errors import ConfigError
-from kdlab.losses.base import register_term
+from kdlab.losses.base import check_reduction, register_term
 from kdlab.losses.feature import FeatureTerm, flat
 from kdlab.types import Batch, ModelOutput
 
@@ -33,8 +32,7 @@ def hint_loss(f_s: Tensor, f_t: Tensor, reduction: str = "batchmean") -> Tensor:
     ``batchmean``: ½·(1/B)·Σ_b ‖f_t,b − f_s,b‖²; ``mean``: ½·mean of (f_t − f_s)²; ``mse``:
     mean of (f_t − f_s)² (= ``F.mse_loss``, the peers' value).
     """
-    if reduction not in REDUCTIONS:
-        raise ConfigError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+    check_reduction(reduction, REDUCTIONS)
     squared = flat(f_t - f_s).pow(2)
     if reduction == "mse":
         return squared.mean()
@@ -70,11 +68,7 @@ class Hint(FeatureTerm):
         name: str | None = None,
     ) -> None:
         super().__init__(student, teacher, weight, adapter, adapter_bn, name)
-        if reduction not in REDUCTIONS:
-            raise ConfigError(
-                f"reduction must be one of {', '.join(REDUCTIONS)} (mse: the peers' "
-                f"nn.MSELoss), got {reduction!r}"
-            )
+        check_reduction(reduction, REDUCTIONS, "mse: the peers' nn.MSELoss")
         self.reduction = reduction
 
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch) -> Tensor:

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from kdlab.divergences import at_least_float32
 from kdlab.errors import ConfigError
-from kdlab.losses.base import Term, register_term
+from kdlab.losses.base import Term, check_reduction, register_term
 from kdlab.losses.connectors import build_connector, check_adapter
 from kdlab.losses.feature import captured
 from kdlab.types import Batch, ModelOutput
@@ -219,10 +219,11 @@ def fsp_loss(
 ) -> Tensor:
     """Mean over pairs of mean_b ‖G_T − G_S‖²_F (``batchmean``) or of the mean squared entry of
     G_T − G_S (``mean``, RepDistiller's scale)."""
-    if reduction not in REDUCTIONS or len(student_pairs) != len(teacher_pairs):
+    check_reduction(reduction, REDUCTIONS)
+    if len(student_pairs) != len(teacher_pairs):
         raise ValueError(
-            f"fsp_loss needs as many student as teacher pairs and a reduction in {REDUCTIONS}, "
-            f"got {len(student_pairs)} and {len(teacher_pairs)} pairs, {reduction!r}"
+            f"fsp_loss needs as many student as teacher pairs, got {len(student_pairs)} and "
+            f"{len(teacher_pairs)}"
         )
     losses = []
     for (s1, s2), (t1, t2) in zip(student_pairs, teacher_pairs, strict=True):
@@ -262,11 +263,8 @@ class FlowOfSolutionProcedure(LayerListTerm):
                 f"loss 'fsp' compares pair i of the student with pair i of the teacher, but got "
                 f"{len(s_pairs)} student and {len(t_pairs)} teacher pairs; list as many of each"
             )
-        if reduction not in REDUCTIONS:
-            raise ConfigError(
-                f"reduction must be 'batchmean' (the paper's squared norm per sample) or 'mean' "
-                f"(per matrix entry, RepDistiller's scale), got {reduction!r}"
-            )
+        meaning = "batchmean: the paper's squared norm per sample; mean: RepDistiller's scale"
+        check_reduction(reduction, REDUCTIONS, meaning)
         flat_s = [p for pair in s_pairs for p in pair]
         flat_t = [p for pair in t_pairs for p in pair]
         super().__init__(flat_s, flat_t, weight, adapter, adapter_bn, name)

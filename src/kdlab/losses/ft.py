@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlab.errors import ConfigError
-from kdlab.losses.base import register_term
+from kdlab.losses.base import check_reduction, register_term
 from kdlab.losses.connectors import Resize
 from kdlab.losses.feature import FeatureTerm, flat
 from kdlab.types import Batch, ModelOutput
@@ -79,8 +79,7 @@ def translator(student: tuple[int, ...], teacher: tuple[int, ...], factor: int) 
 
 
 def _reduce(per_element: Tensor, reduction: str, root: float) -> Tensor:
-    if reduction not in REDUCTIONS:
-        raise ConfigError(f"reduction must be 'mean' or 'batchmean', got {reduction!r}")
+    check_reduction(reduction, REDUCTIONS)
     if reduction == "mean":
         return per_element.mean()
     return flat(per_element).sum(1).pow(root).mean()
@@ -132,8 +131,7 @@ class FactorTransfer(FeatureTerm):
                               f"paper uses 0.5), got {rate}")  # fmt: skip
         if not p > 0:
             raise ConfigError(f"p must be > 0 (the paper uses 1), got {p}")
-        if reduction not in REDUCTIONS:
-            raise ConfigError(f"reduction must be 'mean' or 'batchmean', got {reduction!r}")
+        check_reduction(reduction, REDUCTIONS)
         self.phase, self.rate, self.p, self.reduction = phase, float(rate), float(p), reduction
         self.paraphraser: Paraphraser | None = None
         self.translator: nn.Sequential | None = None

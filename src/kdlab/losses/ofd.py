@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from kdlab.errors import ConfigError
-from kdlab.losses.base import register_term
+from kdlab.losses.base import check_reduction, register_term
 from kdlab.losses.feature import FeatureTerm, flat
 from kdlab.types import Batch, ModelOutput
 
@@ -61,8 +61,7 @@ def margin_relu(teacher: Tensor, margin: Tensor) -> Tensor:
 def partial_l2(student: Tensor, target: Tensor, reduction: str = "batchmean") -> Tensor:
     """Σ (T − S)² except where S ≤ T ≤ 0; ``batchmean`` (per sample, mean over the batch) or
     ``mean`` (over every element)."""
-    if reduction not in REDUCTIONS:
-        raise ConfigError(f"reduction must be 'batchmean' or 'mean', got {reduction!r}")
+    check_reduction(reduction, REDUCTIONS)
     counted = (student > target) | (target > 0)
     squared = (target - student).pow(2) * counted.to(student.dtype)
     return squared.mean() if reduction == "mean" else flat(squared).sum(1).mean()
@@ -103,8 +102,7 @@ class OverhaulDistillation(FeatureTerm):
                 "margin_batches must be a positive integer (how many training batches measure "
                 f"the teacher's margin), got {margin_batches!r}"
             )
-        if reduction not in REDUCTIONS:
-            raise ConfigError(f"reduction must be 'batchmean' or 'mean', got {reduction!r}")
+        check_reduction(reduction, REDUCTIONS)
         self.margin_batches, self.reduction = margin_batches, reduction
         # Per-channel Σt, Σt² and the element count, sized in prepare (float64: long sums).
         self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))

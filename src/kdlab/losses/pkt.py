@@ -19,8 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kdlab.errors import ConfigError
-from kdlab.losses.base import register_term
+from kdlab.losses.base import check_reduction, register_term
 from kdlab.losses.feature import flat
 from kdlab.losses.relation import RelationTerm, cosine_similarity_matrix, off_diagonal
 from kdlab.types import Batch, ModelOutput
@@ -49,8 +48,7 @@ def pkt_loss(
 
     ``batchmean``: summed over j, mean over the anchors i; ``mean``: mean over all entries.
     """
-    if reduction not in REDUCTIONS:
-        raise ConfigError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+    check_reduction(reduction, REDUCTIONS)
     p_s = pkt_probabilities(flat(f_s), diagonal=diagonal)
     p_t = pkt_probabilities(flat(f_t), diagonal=diagonal)
     # floor inside the logs: K = 0 for exactly opposite features would give log 0
@@ -78,11 +76,7 @@ class PKT(RelationTerm):
         name: str | None = None,
     ) -> None:
         super().__init__(student, teacher, weight, adapter, adapter_bn, name)
-        if reduction not in REDUCTIONS:
-            raise ConfigError(
-                f"reduction must be one of {', '.join(REDUCTIONS)} (mean with diagonal: true is "
-                f"RepDistiller's PKT), got {reduction!r}"
-            )
+        check_reduction(reduction, REDUCTIONS, "mean with diagonal: true is RepDistiller's PKT")
         self.eps = float(eps)
         self.diagonal, self.reduction = bool(diagonal), reduction
 

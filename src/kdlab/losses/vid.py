@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlab.errors import ConfigError
-from kdlab.losses.base import register_term
+from kdlab.losses.base import check_reduction, register_term
 from kdlab.losses.connectors import Connector, Resize
 from kdlab.losses.feature import FeatureTerm, flat
 from kdlab.types import Batch, ModelOutput
@@ -52,8 +52,7 @@ def vid_loss(
 ) -> Tensor:
     """−log q(t | s) without ½·log 2π: ``mean`` = μ(s) and ``teacher`` = t, both [B, C, ...];
     ``alpha`` [C] gives σ_c² = softplus(α_c) + eps. ``reduction`` as in the module docstring."""
-    if reduction not in REDUCTIONS:
-        raise ConfigError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+    check_reduction(reduction, REDUCTIONS)
     variance = (F.softplus(alpha) + eps).view(1, -1, *([1] * (teacher.dim() - 2)))
     nll = 0.5 * torch.log(variance) + (teacher - mean).pow(2) / (2 * variance)
     if reduction == "mean":
@@ -115,10 +114,7 @@ class VID(FeatureTerm):
                 f"init_variance must be > eps ({eps}), got {init_variance}; the paper's code "
                 "starts at 5.0"
             )
-        if reduction not in REDUCTIONS:
-            raise ConfigError(
-                f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}"
-            )
+        check_reduction(reduction, REDUCTIONS)
         self.hidden, self.eps, self.reduction = hidden, float(eps), reduction
         self.init_variance = float(init_variance)
         self.alpha: nn.Parameter | None
