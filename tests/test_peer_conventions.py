@@ -352,6 +352,30 @@ def test_functional_response_forms_equal_the_terms() -> None:
     assert float(KF.soft_target(z, v)) == pytest.approx(manual, rel=1e-10)
 
 
+@pytest.mark.parametrize(
+    "loss",
+    [
+        lambda z, v, y: KF.soft_target(z, v, 3.0),
+        lambda z, v, y: KF.soft_cross_entropy(z, v, 2.0),
+        lambda z, v, y: KF.logit_mse(z, v),
+        lambda z, v, y: KF.dkd(z, v, y, temperature=2.0),
+        lambda z, v, y: KF.dkd(z, v, y, standardize=True),
+        lambda z, v, y: KF.dist(z, v, temperature=4.0),
+        lambda z, v, y: KF.dist(z, v, standardize=True),
+    ],
+    ids=["soft_target", "soft_ce", "logit_mse", "dkd", "dkd_standardized", "dist",
+         "dist_standardized"],
+)  # fmt: skip
+def test_functional_logit_losses_train_the_student_only(loss) -> None:
+    """The teacher's logits are a target: a teacher that tracks gradients gets none, as the
+    module docstring promises (dkd and dist once passed it a gradient)."""
+    z = rand(B, 5, seed=23).requires_grad_()
+    v = rand(B, 5, seed=24).requires_grad_()
+    loss(z, v, torch.tensor([0, 1, 2, 3, 4])).backward()
+    assert v.grad is None
+    assert z.grad is not None and float(z.grad.abs().sum()) > 0
+
+
 #: The functional form of every registered term kind (kdlab.losses.functional).
 FUNCTIONAL_OF = {
     "ab": "activation_boundaries", "at": "attention_transfer",

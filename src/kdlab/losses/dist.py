@@ -64,8 +64,8 @@ def dist_loss(
     standardize: bool = False,
     eps: float = 1e-8,
 ) -> Tensor:
-    """τ²·(β·inter + γ·intra) on [batch, classes] logits (batch ≥ 2)."""
-    z, v = at_least_float32(student_logits), at_least_float32(teacher_logits)
+    """τ²·(β·inter + γ·intra) on [batch, classes] logits (batch ≥ 2); the teacher's are detached."""
+    z, v = at_least_float32(student_logits), at_least_float32(teacher_logits.detach())
     if z.dim() != 2 or z.shape != v.shape:
         raise ConfigError(
             f"dist: student logits {tuple(z.shape)} and teacher logits {tuple(v.shape)} must both "

@@ -78,7 +78,9 @@ def dkd_loss(
     temperature: float = 4.0,
     standardize: bool = False,
 ) -> Tensor:
-    """(α·TCKD + β·NCKD)·T², mean over the batch (no warm-up; the term applies that)."""
+    """(α·TCKD + β·NCKD)·T², mean over the batch (no warm-up; the term applies that). The
+    teacher's logits are a target: detached, as in every logit loss of kdlab.losses.functional."""
+    teacher_logits = teacher_logits.detach()
     if standardize:
         student_logits = standardize_logits(student_logits)
         teacher_logits = standardize_logits(teacher_logits)

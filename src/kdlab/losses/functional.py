@@ -7,11 +7,13 @@ from the term's module), so the two cannot drift apart. Features are ``[batch, .
 trainable adapters are not part of these functions — apply your own regressor to ``f_s`` first
 (``kdlab.losses.connectors.regressor`` builds the peers' one). Unlike the terms, the feature
 functions do not detach the teacher's features: pass ``f_t.detach()`` (or compute it under
-``torch.no_grad()``) as you would with RepDistiller's or torchdistill's loss modules.
+``torch.no_grad()``) as you would with RepDistiller's or torchdistill's loss modules. The one
+exception is ``kdsvd``, whose teacher singular vectors are constants of the method (detached).
 
-Response losses (``soft_target``, ``soft_cross_entropy``, ``logit_mse``, ``cross_entropy``)
-evaluate the term of that kind on the logits (student ``z``, teacher ``v``, detached), with the
-term's options as keyword arguments.
+Logit losses detach the teacher's logits, which are a target: the response losses
+(``soft_target``, ``soft_cross_entropy``, ``logit_mse``, ``cross_entropy``: the term of that kind
+on student ``z`` and teacher ``v``, with the term's options as keyword arguments), ``dkd`` and
+``dist``.
 """
 
 from __future__ import annotations
