@@ -100,23 +100,40 @@ def embed(head: torch.nn.Linear, x: list[float]) -> list[float]:
     return [v / norm for v in y]
 
 
-def reference_term(term: CRD, s, t, candidates, objective: str) -> float:
-    """Both anchors' losses from the paper's formulas with Z estimated on this batch."""
-    tau, total = term.temperature, 0.0
+def reference_scores(term: CRD, s, t, candidates) -> list[list[list[float]]]:
+    """e^{v·m_k/τ} per anchor side (student-anchored on m^T, then teacher-anchored on m^S)."""
+    sides = []
     for anchors, head, bank in ((s, term.student_head, term.teacher_bank),
                                 (t, term.teacher_head, term.student_bank)):  # fmt: skip
         emb = [embed(head, x) for x in anchors.tolist()]
-        rows = bank.tolist()
-        scores = [
-            [math.exp(sum(a * b for a, b in zip(e, rows[k], strict=True)) / tau) for k in ks]
-            for e, ks in zip(emb, candidates.tolist(), strict=True)
-        ]
+        rows, tau = bank.tolist(), term.temperature
+        sides.append(
+            [
+                [math.exp(sum(a * b for a, b in zip(e, rows[k], strict=True)) / tau) for k in ks]
+                for e, ks in zip(emb, candidates.tolist(), strict=True)
+            ]
+        )
+    return sides
+
+
+def reference_z(scores: list[list[float]]) -> float:
+    """Z = M · mean of this batch's B·(N+1) scores (the authors' first-batch estimate)."""
+    return M * sum(map(sum, scores)) / (len(scores) * len(scores[0]))
+
+
+def reference_term(
+    term: CRD, s, t, candidates, objective: str, z: tuple[float, float] | None = None
+) -> float:
+    """Both anchors' losses from the paper's formulas with Z estimated on this batch, or the
+    given per-side Z (student-anchored, teacher-anchored)."""
+    total = 0.0
+    for side, scores in enumerate(reference_scores(term, s, t, candidates)):
         if objective == "softmax":
             total -= sum(math.log(row[0] / sum(row)) for row in scores) / len(scores)
             continue
-        z = M * sum(map(sum, scores)) / (len(scores) * len(scores[0]))
+        zs = reference_z(scores) if z is None else z[side]
         total += reference_nce(
-            [r[0] / z for r in scores], [[q / z for q in r[1:]] for r in scores], M
+            [r[0] / zs for r in scores], [[q / zs for q in r[1:]] for r in scores], M
         )
     return total
 
@@ -147,6 +164,35 @@ def test_z_is_estimated_on_the_first_training_batch_then_kept() -> None:
     assert torch.equal(term.log_z, first)
 
 
+def test_a_later_batch_is_scored_with_the_first_batchs_z(monkeypatch) -> None:
+    """The kept Z is used, not merely stored: batch 2's value needs batch 1's Z."""
+    term = built()
+    negatives = torch.tensor([[1, 2, 4, 5, 6], [3, 3, 9, 10, 1], [0, 1, 2, 8, 9], [4, 4, 4, 5, 0]])
+    monkeypatch.setattr(term, "_draw", lambda idx: negatives)
+    first, second = [3, 0, 7, 11], [10, 2, 3, 9]  # rows 3 and 0 were written by the first step
+    candidates = [torch.cat([torch.tensor(i).unsqueeze(1), negatives], 1) for i in (first, second)]
+    so1, to1, batch1 = step_batch(5, first)
+    so2, to2, batch2 = step_batch(8, second)
+    initial = (term.student_bank.clone(), term.teacher_bank.clone())
+    term(so1, to1, batch1)
+    after_first = (term.student_bank.clone(), term.teacher_bank.clone())
+    got = float(term(so2, to2, batch2).detach())
+    # the reference reads the banks each step saw, before that step's own update
+    for bank, old in zip((term.student_bank, term.teacher_bank), initial, strict=True):
+        bank.copy_(old)
+    student_side, teacher_side = reference_scores(
+        term, so1.features["s"], to1.features["t"], candidates[0]
+    )
+    z_first = (reference_z(student_side), reference_z(teacher_side))
+    for bank, old in zip((term.student_bank, term.teacher_bank), after_first, strict=True):
+        bank.copy_(old)
+    s2, t2 = so2.features["s"], to2.features["t"]
+    expected = reference_term(term, s2, t2, candidates[1], "nce", z=z_first)
+    assert got == pytest.approx(expected, rel=1e-10)
+    # batch 2's own Z gives a clearly different value, so the check above can tell them apart
+    assert reference_term(term, s2, t2, candidates[1], "nce") != pytest.approx(expected, rel=1e-3)
+
+
 # -- memory banks -------------------------------------------------------------------------------
 
 
@@ -162,6 +208,39 @@ def test_memory_update_is_a_normalised_momentum_average_at_the_indices_only() ->
         assert bank[i].tolist() == pytest.approx([v / norm for v in mixed], rel=1e-12)
     others = [i for i in range(M) if i not in index.tolist()]
     assert torch.equal(bank[others], before[others])
+
+
+def _mixed_by_hand(old: list[float], new: list[float], momentum: float) -> list[float]:
+    """normalise(μ·m + (1 − μ)·v) in plain floats."""
+    mixed = [momentum * a + (1 - momentum) * b for a, b in zip(old, new, strict=True)]
+    norm = math.sqrt(sum(v * v for v in mixed))
+    return [v / norm for v in mixed]
+
+
+def test_memory_update_weights_the_old_row_by_the_momentum() -> None:
+    """μ = 0.3, not 0.5: μ·m + (1 − μ)·v is then not symmetric in m and v."""
+    bank, emb = rand(M, D, seed=3), torch.nn.functional.normalize(rand(3, D, seed=4), dim=1)
+    before, index = bank.clone(), torch.tensor([1, 10, 6])
+    momentum_update(bank, index, emb, 0.3)
+    for row, i in enumerate(index.tolist()):
+        expected = _mixed_by_hand(before[i].tolist(), emb[row].tolist(), 0.3)
+        assert bank[i].tolist() == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_term_with_momentum_0_3_updates_its_banks_with_it() -> None:
+    term = built(momentum=0.3)
+    index = [2, 7, 5]
+    so, to, batch = step_batch(6, index)
+    banks = (term.student_bank.clone(), term.teacher_bank.clone())
+    term(so, to, batch)
+    for bank, old, head, x in (
+        (term.student_bank, banks[0], term.student_head, so.features["s"]),
+        (term.teacher_bank, banks[1], term.teacher_head, to.features["t"]),
+    ):
+        for row, i in enumerate(index):
+            emb = embed(head, x[row].tolist())
+            expected = _mixed_by_hand(old[i].tolist(), emb, 0.3)
+            assert bank[i].tolist() == pytest.approx(expected, rel=1e-10)
 
 
 def test_a_training_step_updates_both_banks_at_the_batch_rows_and_eval_reads_only() -> None:

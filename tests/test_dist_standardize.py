@@ -239,3 +239,20 @@ def test_dist_standardize_ignores_each_models_logit_scale():
     base = _run(term, z, v, batch).item()
     assert _run(term, 4.0 * z + 1.0, 0.25 * v, batch).item() == pytest.approx(base, rel=1e-9)
     assert _run(DIST(temperature=2.0), 4.0 * z, v, batch).item() != pytest.approx(base)
+
+
+@pytest.mark.parametrize(("beta", "gamma", "T"), [(1.0, 1.0, 4.0), (2.0, 0.5, 2.0)])
+def test_dist_standardize_z_scores_before_the_base_temperature(beta, gamma, T):
+    """softmax(z-score(z) / τ): τ survives standardization (z-scoring z / τ would drop it)."""
+    z, v, batch = _case(seed=13)
+    zs, vs = _z_score_by_hand(z), _z_score_by_hand(v)
+    got = _run(DIST(beta=beta, gamma=gamma, temperature=T, standardize=True), z, v, batch)
+    plain = _run(DIST(beta=beta, gamma=gamma, temperature=T), zs, vs, batch)
+    torch.testing.assert_close(got, plain, rtol=1e-9, atol=1e-12)
+    expected = ref_dist(zs, vs, beta, gamma, T)
+    assert got.item() == pytest.approx(expected, rel=1e-6)  # eps = 1e-8, as above
+    exact = dist_loss(z, v, beta=beta, gamma=gamma, temperature=T, standardize=True, eps=1e-300)
+    assert exact.item() == pytest.approx(expected, rel=1e-12)
+    assert _run(DIST(beta=beta, gamma=gamma, temperature=T), z, v, batch).item() != pytest.approx(
+        expected, rel=1e-3
+    )

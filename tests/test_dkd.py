@@ -17,6 +17,7 @@ from kdlab.losses import build_term
 from kdlab.losses.dkd import DKD, dkd_loss, dkd_parts
 from kdlab.losses.response import SoftTarget
 from kdlab.types import Batch, ModelOutput
+from test_dist_standardize import _z_score_by_hand
 from test_examples import on_digits_for_one_epoch
 
 B, N = 6, 7
@@ -145,6 +146,21 @@ def test_standardize_ignores_each_models_logit_shift_and_scale():
     moved = _run(term, 3.0 * z - 5.0, 0.5 * v + 2.0, y).item()
     assert moved == pytest.approx(base, rel=1e-10)
     assert _run(DKD(warmup=0, temperature=2.0), 3.0 * z, v, y).item() != pytest.approx(base)
+
+
+@pytest.mark.parametrize("T", [4.0, 2.0])
+def test_standardize_z_scores_before_the_base_temperature(T):
+    """Sun et al. 2024: softmax(z-score(z) / T), so T survives standardization; z-scoring z / T
+    would drop it and leave softmax at temperature 1."""
+    z, v, y = _case(seed=9)
+    zs, vs = _z_score_by_hand(z), _z_score_by_hand(v)
+    got = _run(DKD(alpha=1.0, beta=8.0, temperature=T, warmup=0, standardize=True), z, v, y)
+    plain = _run(DKD(alpha=1.0, beta=8.0, temperature=T, warmup=0), zs, vs, y)
+    torch.testing.assert_close(got, plain, rtol=1e-9, atol=1e-12)
+    tckd, nckd, _ = ref_parts(zs, vs, y, T)
+    expected = T * T * sum(a + 8.0 * b for a, b in zip(tckd, nckd, strict=True)) / B
+    assert got.item() == pytest.approx(expected, rel=1e-9)
+    assert _run(DKD(temperature=T, warmup=0), z, v, y).item() != pytest.approx(expected, rel=1e-3)
 
 
 def _prepare(term: DKD, epochs: int) -> None:

@@ -64,6 +64,16 @@ def test_nst_resizes_the_student_map_to_the_teachers_size() -> None:
     )
 
 
+def test_nst_upsamples_a_smaller_student_map_bilinearly_to_the_teachers_size() -> None:
+    s, t = rand(2, 3, 3, 4), rand(2, 5, 5, 6, seed=1)
+    # the resize step only: the code upsamples with mode="bilinear", align_corners=False
+    grown = torch.nn.functional.interpolate(s, size=(5, 6), mode="bilinear", align_corners=False)
+    ref = mmd_reference(grown.numpy(), t.numpy(), 2, 0.0)
+    term = NeuronSelectivityTransfer(student="s", teacher="t")
+    assert value(term, s, t) == pytest.approx(ref, rel=1e-10)
+    assert [type(m).__name__ for m in term.connector] == ["Resize"]  # parameter-free
+
+
 def test_nst_is_zero_for_the_same_channel_distribution() -> None:
     s = rand(3, 4, 5, 5)
     term = NeuronSelectivityTransfer(student="s", teacher="t")

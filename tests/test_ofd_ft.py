@@ -14,7 +14,7 @@ from feature_helpers import outputs, rand, toy_cnn_pair
 from kdlab.errors import ConfigError
 from kdlab.losses import CrossEntropy, Hint
 from kdlab.losses.base import Objective, build_term
-from kdlab.losses.ft import FactorTransfer, ft_loss
+from kdlab.losses.ft import FactorTransfer, ft_loss, reconstruction_loss
 from kdlab.losses.ofd import OverhaulDistillation, gaussian_negative_mean, partial_l2
 from kdlab.runs import Recorder
 from kdlab.schemes.offline import Stage, fit_stages, load_term_states, term_states
@@ -114,6 +114,37 @@ def test_ft_loss_matches_the_reference() -> None:
     assert float(ft_loss(s, t, reduction="batchmean")) == pytest.approx(sum(per_sample) / 3)
     assert float(ft_loss(s, t)) == pytest.approx(sum(per_sample) / 24)  # mean over elements
     assert float(ft_loss(3 * t, t)) == pytest.approx(0.0, abs=1e-12)  # same direction: zero
+
+
+def test_ft_loss_with_p_2_takes_the_root_per_sample_only_for_batchmean() -> None:
+    """batchmean: mean_b (Σ_i |d_i|²)^(1/2), the paper's norm; mean: mean of |d_i|² (no root)."""
+    s, t = rand(3, 2, 3, 2, seed=9), rand(3, 2, 3, 2, seed=10)
+    norms, squares = [], []
+    for i in range(3):
+        sv, tv = s[i].flatten().tolist(), t[i].flatten().tolist()
+        s_norm, t_norm = math.sqrt(sum(v * v for v in sv)), math.sqrt(sum(v * v for v in tv))
+        d2 = [(a / t_norm - b / s_norm) ** 2 for a, b in zip(tv, sv, strict=True)]
+        norms.append(math.sqrt(sum(d2)))
+        squares.extend(d2)
+    batchmean = float(ft_loss(s, t, p=2.0, reduction="batchmean"))
+    assert batchmean == pytest.approx(sum(norms) / 3, rel=1e-12)
+    assert float(ft_loss(s, t, p=2.0)) == pytest.approx(sum(squares) / len(squares), rel=1e-12)
+    assert batchmean != pytest.approx(sum(squares) / 3, rel=1e-3)  # the root matters here
+
+
+def test_reconstruction_loss_is_the_squared_error_per_element_or_per_sample() -> None:
+    """mean: mean over every element of (x − P(x))²; batchmean: ‖x − P(x)‖² per sample (no
+    root), averaged over the batch."""
+    r, x = rand(3, 2, 3, 2, seed=11), rand(3, 2, 3, 2, seed=12)
+    per_sample = []
+    for i in range(3):
+        rv, xv = r[i].flatten().tolist(), x[i].flatten().tolist()
+        per_sample.append(sum((a - b) ** 2 for a, b in zip(xv, rv, strict=True)))
+    assert float(reconstruction_loss(r, x, "batchmean")) == pytest.approx(
+        sum(per_sample) / 3, rel=1e-12
+    )
+    assert float(reconstruction_loss(r, x)) == pytest.approx(sum(per_sample) / 36, rel=1e-12)
+    assert float(reconstruction_loss(r, x, "mean")) == float(reconstruction_loss(r, x))
 
 
 SETTINGS = TrainSettings(epochs=2, batch_size=16, threads=1)

@@ -187,6 +187,24 @@ def test_abf_outputs_have_the_teachers_shapes_and_default_mid_channels() -> None
     assert prepared(s, t, mid_channels=5).fusions[0].reduce[0].out_channels == 5
 
 
+@pytest.mark.parametrize(("deepest", "mid"), [(600, 512), (512, 512), (300, 300)])
+def test_default_mid_channels_are_the_deepest_student_channels_capped_at_512(
+    deepest: int, mid: int
+) -> None:
+    """The authors' min(512, C_deepest): wider deepest levels are capped, narrower ones kept."""
+    s = [rand(B, 4, 2, 2, seed=0), rand(B, deepest, seed=1)]  # small maps: only widths matter
+    t = [rand(B, 5, 2, 2, seed=2), rand(B, 7, seed=3)]
+    term = prepared(s, t)
+    assert [b.reduce[0].out_channels for b in term.fusions] == [mid, mid]
+    assert [b.output[0].in_channels for b in term.fusions] == [mid, mid]
+    assert term.fusions[0].attention[0].in_channels == 2 * mid  # [x_i, up(r_{i+1})]
+    outputs: list[torch.Size] = []
+    for block in term.fusions:
+        block.register_forward_hook(lambda m, args, out: outputs.append(out[1].shape))
+    assert math.isfinite(float(term(*level_outputs(s, t)).detach()))
+    assert outputs == [(B, mid, 1, 1), (B, mid, 2, 2)]  # the residuals, deepest first
+
+
 def test_attention_weights_lie_in_0_1_and_the_deepest_level_has_no_residual() -> None:
     s, t = features()
     term = prepared(s, t)
