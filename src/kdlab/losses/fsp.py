@@ -9,7 +9,9 @@ with F₁ [HW, C₁], F₂ [HW, C₂]. The loss compares the teacher's and the s
 configured layer pair: L = mean over pairs of mean_b ‖G_T − G_S‖²_F. The paper writes
 L = (1/N)·Σ_x Σ_i λ_i‖G_T,i − G_S,i‖²₂ with equal λ_i — the same up to the number of pairs
 (multiply ``weight`` by it to match). ``reduction: mean`` divides each ‖·‖²_F by C₁·C₂ as
-RepDistiller's code does (``(s − t).pow(2).mean()``), so the scale does not grow with the widths.
+RepDistiller's code does (``(s − t).pow(2).mean()``), so the scale does not grow with the widths;
+RepDistiller then sums over the pairs where kdlab averages, so its value is the number of pairs
+times kdlab's (multiply ``weight`` by the pair count for its scale).
 
 Spatial sizes: the paper pairs layers of equal size. When the two maps of a pair differ, the
 larger one is adaptive-average-pooled to the smaller one's size first (what RepDistiller's code

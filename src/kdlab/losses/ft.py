@@ -18,11 +18,19 @@ earlier stage (kdlab.schemes.offline), so the transfer stage reads the trained p
 Stage 1 uses ``trainable: none`` (only the paraphraser trains). A transfer term whose
 paraphraser was never trained is an error.
 
-Where kdlab differs from the authors' code (Jangho-Kim/Factor-Transfer-pytorch): its decoder ends
-with BatchNorm + leaky ReLU; kdlab's last decoder layer is a bare transposed convolution, so any
-feature (also a pre-ReLU one) can be reconstructed. ``reduction``: ``mean`` (default, as the
-authors' code: mean over the factor's elements of |difference|^p, and the reconstruction's mean
-squared error) or ``batchmean`` (the paper's norms, per sample, averaged over the batch).
+Where kdlab differs from the authors' code (Jangho-Kim/Factor-Transfer-pytorch): their
+convolutions have biases and no BatchNorm (every BatchNorm line there is commented out), each
+layer, the last decoder layer included, followed by leaky ReLU 0.1; kdlab puts BatchNorm after
+every convolution of both modules (as RepDistiller's translator does) for stable training of
+deep teachers' features, and its last decoder layer is a bare transposed convolution, so any
+feature (also a pre-ReLU one) can be reconstructed. The authors train the paraphraser with an
+L1 reconstruction loss; kdlab's is the squared error above (as RepDistiller's).
+``reduction``: ``mean`` (default, as the authors' code: mean over the factor's elements of
+|difference|^p, and the reconstruction's mean squared error) or ``batchmean`` (the paper's
+norms, per sample, averaged over the batch).
+
+Weight: the term's ``weight`` is the paper's β. With ``reduction: mean`` the authors use β = 500
+(CIFAR-10, ResNet56 → ResNet20) and RepDistiller β = 200; the default weight 1 is far weaker.
 """
 
 from __future__ import annotations

@@ -31,12 +31,13 @@ Paper vs code vs kdlab:
   uses k + 1, at most min(C, H·W) (the rank bound). A teacher vector past the teacher's rank
   is zero with σ = 0, hence weight 0, and adds nothing.
 - Gradient remedies (SVD's gradient holds 1/(σ_i² − σ_j²), which diverges for equal singular
-  values): the gradient flows through the top-k vectors only (the authors' custom gradient
-  keeps the top 5), and the couplings of nearly equal singular values (gap ≤ 10⁻³ of the
-  largest) are set to 0 instead of their exploding value — the authors zero the non-finite
-  ones. The vectors come from the eigen-decomposition
-  (float64) of the smaller of XᵀX [C × C] and XXᵀ [HW × HW] (same vectors, σ² as eigenvalues),
-  much cheaper than an SVD of X; vectors past the rank min(C, H·W) are zeros with σ = 0.
+  values): the gradient flows through the vectors the loss reads only — the teacher's top k,
+  the student's k + 1 candidates (the authors' custom gradient keeps the top 5) — and the
+  couplings of nearly equal eigenvalues (|σ_i² − σ_j²| ≤ 10⁻³·σ₁²) are set to 0 instead of
+  their exploding value — the authors zero the non-finite ones. The vectors come from the
+  eigen-decomposition (float64) of the smaller of XᵀX [C × C] and XXᵀ [HW × HW] (same vectors,
+  σ² as eigenvalues), much cheaper than an SVD of X; vectors past the rank min(C, H·W) are
+  zeros with σ = 0.
 - Widths: the authors and RepDistiller need equal channel counts (cosines compare the vectors
   entry by entry). kdlab's ``adapter: auto`` gives a student map with another width a 1×1
   convolution to the teacher's width (trained with the student); ``adapter: none`` requires

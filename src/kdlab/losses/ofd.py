@@ -12,15 +12,18 @@ assumption: for t ~ N(μ, s²), E[t | t < 0] = μ − s·φ(μ/s)/Φ(−μ/s); w
 authors' code uses −3s. A kdlab term sees features only, so it *measures* μ_c and s_c: it
 accumulates per-channel sums of t and t² (buffers, saved in checkpoints) over the first
 ``margin_batches`` training batches, then keeps the margin fixed, and applies the same closed form
-and fallback. For a BatchNorm tap in training mode the measured moments are β and |γ|, so this is
-the paper's margin; for any other pre-ReLU tap it is the Gaussian fit of that tap. Margins are
-per process (under DDP each rank measures its own batches).
+and fallback. kdlab's teacher runs in eval mode, so at a BatchNorm tap the measured moments are
+those of its running-statistics output — ≈ β and |γ| when the running statistics fit the data
+(the authors' CIFAR script runs its teacher in train mode, where they are β and |γ| exactly);
+at any other pre-ReLU tap the margin is the Gaussian fit of that tap. Margins are per process
+(under DDP each rank measures its own batches).
 
 Normalisation: the paper states d summed over the feature; the authors' code
-(clovaai/overhaul-distillation) sums over the batch too, divides by the batch size and by 1000,
-and weights layer i of n by 2^−(n−i−1). ``reduction: batchmean`` (default) is the per-sample
-sum averaged over the batch — set ``weight: 0.001`` (times the layer factor) for the code's
-scale; ``mean`` averages over every element.
+(clovaai/overhaul-distillation) sums over the batch too, divides by the batch size and by 1000
+(CIFAR; 10000 in its ImageNet loop), and weights layer i of n by 2^−(n−i−1). ``reduction:
+batchmean`` (default) is the per-sample sum averaged over the batch — set ``weight: 0.001``
+(times the layer factor; 0.0001 for ImageNet) for the code's scale; ``mean`` averages over
+every element.
 
 Tap pre-ReLU outputs (e.g. ``features.1.1``, the BatchNorm before the ReLU of kdlab's SmallCNN):
 the paper's distillation position is before the ReLU.

@@ -26,7 +26,8 @@ reported numbers, and the paper leaves these details open:
 - mid_channels defaults to min(512, channels of the deepest student level) as in the code.
 - The code multiplies the loss by min(1, epoch / 20) (0-based epochs: the first epoch trains on
   CE alone) over 240 CIFAR epochs; here ``warmup_epochs`` (default 0: off). Its CIFAR scripts
-  use loss weights 0.6 (ResNet56 → ResNet20) to 5 (WRN, ResNet32×4 → 8×4, ShuffleNet), default 1.
+  use loss weights 0.6 (ResNet56 → ResNet20) to 5 (WRN, ResNet32×4 → 8×4, ShuffleV1) and 8
+  (ResNet32×4 → ShuffleV2), default 1.
 - The code taps the teacher's pre-activation features; kdlab reads whatever modules are named.
 A batch-norm layer that sees one value per channel (a batch of one sample at a 1×1 level) uses
 its running statistics, since batch statistics are undefined there.
