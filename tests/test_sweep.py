@@ -298,7 +298,10 @@ def test_a_worker_killed_mid_cell_resumes_without_losing_or_duplicating(tmp_path
     assert "test acc" in out  # the other worker's cell finished
     with RunStore(store) as runs:
         assert runs.get_run(run_id).status == "interrupted"
-        assert len({r.pid for r in runs.list_runs()}) == 2  # two workers wrote runs
+        # Worker processes wrote the runs, not the scheduler: two, or three when the killed
+        # worker was replaced for a cell still waiting (a worker was busy with the student alone).
+        pids = {r.pid for r in runs.list_runs()}
+        assert proc.pid not in pids and len(pids) >= 2
     code, out, err = finish(kdlab(*args))  # resumes in one process: the store decides, not N
     assert code == 0, err
     assert sum("(stored)" in line for line in out.splitlines()) == 1
