@@ -293,7 +293,7 @@ def test_baseline_by_key_value_pairs_groups_with_their_own_alpha(
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["nosuch"], "no finished runs of experiment 'nosuch' in "),
+        (["nosuch"], "no runs of experiment 'nosuch' in "),
         (["--by", "temprature"], "closest keys: distill.loss.1.temperature"),
         (["--by", "weight"], "distill.loss.0.weight, distill.loss.1.weight"),
         (

@@ -24,6 +24,7 @@ from kdlab.report.groups import (
     default_baseline,
     load_runs,
     stored_metrics,
+    unfinished_note,
 )
 from kdlab.report.keys import Baseline, parse_baseline, resolve_key
 from kdlab.report.stats import bonferroni_note
@@ -89,7 +90,10 @@ def collect(store: RunStore, options: ReportOptions) -> ReportData:
     )
     data = ReportData(options.experiment, options.metric, names, paths, groups, baseline,
                       store.history)  # fmt: skip
-    data.notes += left_out_notes(left)
+    data.notes += left_out_notes(left, options.metric)
+    unfinished = unfinished_note(store, options.experiment, runs)
+    if unfinished:
+        data.notes.append(unfinished)
     if baseline is not None:
         _compare(data, baseline)
     if not close_gaps(groups):
@@ -97,8 +101,10 @@ def collect(store: RunStore, options: ReportOptions) -> ReportData:
     return data
 
 
-def left_out_notes(left: LeftOut) -> list[str]:
+def left_out_notes(left: LeftOut, metric: str) -> list[str]:
     notes = []
+    if left.nonfinite:
+        notes.append(f"{left.nonfinite} run(s) left out whose {metric} is NaN or infinite")
     if left.reruns:
         notes.append(f"{left.reruns} older re-run(s) of a group's seed left out; the newest counts")
     if left.mixed:
@@ -168,20 +174,26 @@ def write_report(store: RunStore, options: ReportOptions) -> tuple[list[Path], l
         require_matplotlib()
     data = collect(store, options)
     out = options.out or Path(f"report-{options.experiment}")
-    out.mkdir(parents=True, exist_ok=True)
-    written, embedded = draw_figures(data, out) if options.figures else ([], [])
-    table: Table = build_table(data.groups, data.names, data.metric, caption(data))
-    table.notes = data.notes
-    texts = {
-        "md": lambda: to_markdown(table),
-        "latex": lambda: to_latex(table),
-        "html": lambda: html_document(
-            f"kdlab report: {data.experiment}", table, embedded, _meta(data)
-        ),
-    }
-    tables = [out / FORMATS[name] for name in formats]
-    for name, path in zip(formats, tables, strict=True):
-        path.write_text(texts[name](), encoding="utf-8")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        written, embedded = draw_figures(data, out) if options.figures else ([], [])
+        table: Table = build_table(data.groups, data.names, data.metric, caption(data))
+        table.notes = data.notes
+        texts = {
+            "md": lambda: to_markdown(table),
+            "latex": lambda: to_latex(table),
+            "html": lambda: html_document(
+                f"kdlab report: {data.experiment}", table, embedded, _meta(data)
+            ),
+        }
+        tables = [out / FORMATS[name] for name in formats]
+        for name, path in zip(formats, tables, strict=True):
+            path.write_text(texts[name](), encoding="utf-8")
+    except OSError as e:  # a file where the folder should be, a read-only disk, no permission
+        what = "is a file" if out.is_file() else (e.strerror or str(e)).lower()
+        raise ConfigError(
+            f"cannot write the report to {out}: {what}; give a writable folder with --out"
+        ) from e
     return tables + written, data.notes
 
 

@@ -8,7 +8,9 @@ is far less noisy than the difference of two means.
 
 from __future__ import annotations
 
+import json
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,9 +66,16 @@ def load_runs(store: RunStore, experiment: str) -> list[ReportRun]:
     """The experiment's finished runs, newest first."""
     records: list[RunRecord] = store.list_runs(experiment=experiment, status="finished")
     if not records:
+        others = Counter(r.status for r in store.list_runs(experiment=experiment))
+        if others:
+            counts = ", ".join(f"{n} {status}" for status, n in sorted(others.items()))
+            raise ConfigError(
+                f"experiment {experiment!r} has no finished runs yet ({counts}); see why with "
+                f"`kdlab runs --experiment {experiment} --status failed`"
+            )
         known = ", ".join(store.experiments()) or "none yet"
         raise ConfigError(
-            f"no finished runs of experiment {experiment!r} in {store.root}; experiments: {known}"
+            f"no runs of experiment {experiment!r} in {store.root}; experiments: {known}"
         )
     return [
         ReportRun(
@@ -81,6 +90,28 @@ def load_runs(store: RunStore, experiment: str) -> list[ReportRun]:
     ]
 
 
+def unfinished_note(store: RunStore, experiment: str, finished: Sequence[ReportRun]) -> str | None:
+    """A note on the experiment's failed or interrupted runs that no finished run redid (same
+    role, seed and config): cells of a sweep that failed are otherwise silently absent."""
+
+    def same(config: Mapping[str, Any]) -> str:
+        return json.dumps(config, sort_keys=True, default=str)
+
+    done = {(r.role, r.seed, same(r.config)) for r in finished}
+    missing = Counter(
+        r.status for r in store.list_runs(experiment=experiment)
+        if r.status in ("failed", "interrupted")
+        and (r.role, r.seed or 0, same(flatten(experiment_config(r.config)))) not in done
+    )  # fmt: skip
+    if not missing:
+        return None
+    counts = " and ".join(f"{n} {status}" for status, n in sorted(missing.items()))
+    return (
+        f"{counts} run(s) without a finished re-run are not in the report: "
+        f"`kdlab runs --experiment {experiment} --status failed` says why"
+    )
+
+
 def stored_metrics(runs: Sequence[ReportRun]) -> list[str]:
     return sorted({k for r in runs for k in r.metrics})
 
@@ -93,6 +124,8 @@ class LeftOut:
     reruns: int = 0
     mixed: int = 0
     keys: set[str] = field(default_factory=set)
+    #: Runs whose metric is NaN or ±inf (a diverged run that was not stopped).
+    nonfinite: int = 0
 
 
 def _differing(a: Mapping[str, Any], b: Mapping[str, Any]) -> set[str]:
@@ -111,6 +144,7 @@ def build_groups(
     for run in runs:  # newest first: the first run of a (group, seed) is the one kept
         value = run.metrics.get(metric)
         if value is None or not math.isfinite(value):
+            left.nonfinite += value is not None
             continue
         raw = tuple(run.config.get(path) for path in by)
         key = (run.role, tuple(show_value(v) for v in raw))

@@ -58,7 +58,9 @@ def sort_key(value: Any) -> tuple[int, float, str]:
 
 
 def _varies(path: str, configs: Sequence[Mapping[str, Any]]) -> bool:
-    return len({show_value(c.get(path)) for c in configs}) > 1
+    """Whether runs that record ``path`` differ in it (runs without it — a sweep's shared
+    teacher records no loss keys — do not make it vary)."""
+    return len({show_value(c[path]) for c in configs if path in c}) > 1
 
 
 def _closest(name: str, paths: Sequence[str], n: int = 5) -> list[str]:
@@ -80,10 +82,11 @@ def resolve_key(name: str, configs: Sequence[Mapping[str, Any]], option: str = "
     if len(matches) == 1:
         return matches[0]
     if matches:
-        shown = ", ".join(p + (" (varies)" if _varies(p, configs) else "") for p in matches)
+        varying = [p for p in matches if _varies(p, configs)]
+        shown = ", ".join(p + (" (varies)" if p in varying else "") for p in matches)
         raise ConfigError(
             f"{option} {name!r} is ambiguous, it matches {shown}; give the full path, e.g. "
-            f"{option} {matches[0]}"
+            f"{option} {(varying or matches)[0]}"
         )
     raise ConfigError(
         f"{option} {name!r} is no key of the recorded configs; closest keys: "
