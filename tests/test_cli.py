@@ -183,8 +183,8 @@ def test_show_unknown_and_ambiguous_ids_exit_2(ran) -> None:
 
 
 def test_runs_on_empty_store_and_bad_seeds(tmp_path: Path) -> None:
-    result = invoke("runs", "--store", tmp_path / "empty")
-    assert result.exit_code == 0 and "No runs in this store yet" in result.stdout
+    result = invoke("runs", "--store", tmp_path / "empty")  # a store that does not exist
+    assert result.exit_code == 2 and "no run store at" in result.stderr
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY)
     bad = invoke("run", config, "--store", tmp_path / "s", "--seeds", "0,x", "--no-progress")

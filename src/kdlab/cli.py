@@ -83,11 +83,11 @@ def command(func: Callable[..., Any]) -> Callable[..., Any]:
     return app.command()(wrapper)
 
 
-def _store(path: str | Path | None):
+def _store(path: str | Path | None, create: bool = True):
     from kdlab.store import RunStore
 
     # Strings, not Path(): Path() would fold a postgresql:// URL's "//".
-    return RunStore(path or os.environ.get("KDLAB_STORE", DEFAULT_STORE))
+    return RunStore(path or os.environ.get("KDLAB_STORE", DEFAULT_STORE), create)
 
 
 def _seeds(text: str | None) -> list[int] | None:
@@ -243,7 +243,7 @@ def runs(
     limit: Annotated[int, typer.Option(help="At most this many runs.")] = 50,
 ) -> None:
     """List runs in the store, newest first, with their key metrics."""
-    with _store(store) as run_store:
+    with _store(store, create=False) as run_store:
         records = run_store.list_runs(experiment=experiment, role=role, status=status, limit=limit)
     if not records:
         console.print("No runs in this store yet: try `kdlab quickstart`.")
@@ -283,10 +283,10 @@ def summary(
     """Aggregate an experiment's finished runs by role over seeds (mean ± std), with KD gain."""
     from kdlab.report import RunRow, gain, markdown_table, rich_table, summarize
 
-    with _store(store) as run_store:
+    with _store(store, create=False) as run_store:
         records = run_store.list_runs(experiment=experiment, status="finished")
     if not records:
-        known = ", ".join(_store(store).experiments()) or "none yet"
+        known = ", ".join(_store(store, create=False).experiments()) or "none yet"
         fail(f"no finished runs of experiment {experiment!r}; experiments: {known}")
     latest = latest_per_role_and_seed(records)
     rows = [RunRow(r.role, r.seed or 0, r.metrics) for r in latest]
@@ -327,8 +327,8 @@ def summary_notes(experiment: str, records: list[Any], latest: list[Any]) -> lis
     if len(configs) > 1:
         notes.append(
             f"these runs come from {len(configs)} different configs under the name "
-            f"{experiment!r} (the YAML changed between runs), so the table mixes them; give a "
-            "changed experiment a new name."
+            f"{experiment!r} (a sweep's cells, or a YAML that changed), so the table mixes "
+            f"them: `kdlab report {experiment} --by KEY` groups them by the keys that differ"
         )
     return notes
 
@@ -341,7 +341,7 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Print one run: its config, metrics, artefacts and (optionally) history."""
-    with _store(store) as run_store:
+    with _store(store, create=False) as run_store:
         record = run_store.get_run(run_id)
         rows = run_store.history(record.id)
     if as_json:
@@ -370,7 +370,7 @@ def show(
         console.print(table)
 
 
-report = command(report_command(_store, StoreOpt))
+report = command(report_command(functools.partial(_store, create=False), StoreOpt))
 
 sweep = command(sweep_command(_store, StoreOpt, OverridesArg))
 command(tune.cli_command(_load, _store, interruptible, typer.echo))  # plain lines: no wrapping

@@ -22,11 +22,12 @@ from kdlab.store.location import parse_location
 from kdlab.store.sqlite_backend import BUSY_TIMEOUT_S, DB_NAME, SQLiteBackend
 
 
-def open_backend(location: str | Path) -> Backend:
-    """The database at ``location``: a folder (SQLite) or a ``postgresql://`` URL."""
+def open_backend(location: str | Path, create: bool = True) -> Backend:
+    """The database at ``location``: a folder (SQLite; with ``create`` False it must exist) or a
+    ``postgresql://`` URL."""
     where = parse_location(location)
     if isinstance(where, Path):
-        return SQLiteBackend(where)
+        return SQLiteBackend(where, create)
     from kdlab.store.postgres_backend import PostgresBackend  # psycopg only for URL stores
 
     return PostgresBackend(where)
@@ -35,13 +36,14 @@ def open_backend(location: str | Path) -> Backend:
 class StoreConnection:
     """The store at ``root``: a folder (``root/kdlab.sqlite``) or a ``postgresql://`` URL (its
     artefact folder from ``?artefacts=`` or ``$KDLAB_ARTEFACTS``); use as a context manager or
-    call ``close()``."""
+    call ``close()``. ``create=False``: a folder that holds no store is an error, not a new
+    store (for commands that only read)."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, create: bool = True) -> None:
         self._db: Backend | None = None
         self._pid = os.getpid()
         self._last_created: datetime | None = None
-        self._db = open_backend(root)
+        self._db = open_backend(root, create)
         #: Artefact folder (``root/runs/<run id>/``) and where the rows are (file or URL).
         self.root: Path = self._db.root
         self.path: Path | str = self._db.path

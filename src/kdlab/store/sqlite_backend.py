@@ -7,6 +7,7 @@ SQLite's write lock.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -22,21 +23,16 @@ DB_NAME = "kdlab.sqlite"
 
 
 class SQLiteBackend:
-    """The store's file under ``root``, created (with ``root``) if missing."""
+    """The store's file under ``root``, created (with ``root``) if missing — unless ``create``
+    is False (commands that only read: a mistyped ``--store`` must not make an empty store)."""
 
     errors: tuple[type[Exception], ...] = (sqlite3.Error,)
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, create: bool = True) -> None:
         self.root = root
         self.path: Path | str = root / DB_NAME
         self._conn: sqlite3.Connection | None = None
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise StoreError(
-                f"cannot create run store directory {self.root}: {e}; "
-                "choose a writable directory (e.g. --store ./runs)"
-            ) from e
+        self._check_folder(create)
         try:
             self._open()
         except sqlite3.Error as e:
@@ -46,10 +42,36 @@ class SQLiteBackend:
                     f"{self.path} is not an SQLite database, so not a kdlab run store; "
                     "move that file away or point kdlab at another store directory"
                 ) from e
+            if not os.access(self.root, os.W_OK):  # SQLite writes -wal/-shm files even to read
+                raise StoreError(
+                    f"cannot open run store {self.root}: its folder is read-only, and SQLite "
+                    "writes its -wal and -shm files beside kdlab.sqlite even to read; copy the "
+                    "store to a writable folder"
+                ) from e
             raise StoreError(f"cannot open run store {self.path}: {e}") from e
         except BaseException:
             self.close()
             raise
+
+    def _check_folder(self, create: bool) -> None:
+        if self.root.is_file():
+            fix = f"--store {self.root.parent}" if self.root.name == DB_NAME else "a folder"
+            raise StoreError(
+                f"run store {self.root} is a file; a store is the folder that holds "
+                f"{DB_NAME}: give {fix}"
+            )
+        if not create and not Path(self.path).is_file():
+            raise StoreError(
+                f"no run store at {self.root} (it holds no {DB_NAME}); check --store or "
+                "$KDLAB_STORE — `kdlab run` creates a store where it records runs"
+            )
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(
+                f"cannot create run store directory {self.root}: {e}; "
+                "choose a writable directory (e.g. --store ./runs)"
+            ) from e
 
     def _open(self) -> None:
         # Switching a fresh file to WAL while another process does the same can answer
