@@ -53,6 +53,7 @@ def test_overrides_reach_nested_keys_list_items_and_absent_sections() -> None:
         ("student.trian.epochs=3", r"unknown key 'student\.trian'.*did you mean 'train'"),
         ("student.train.epoch=3", r"epoch"),  # the schema names it
         ("distill.loss.5.temperature=2", r"distill\.loss\.5 indexes a list of 2 item"),
+        ("distill.loss.-3.temperature=2", r"from 0 to 1 \(or from the end, -1 to -2\)"),
         ("distill.loss.1.temprature=2", r"temprature"),
         ("student.train.epochs=-1", r"epochs"),
         ("seeds", r"is not key\.path=value"),
@@ -62,6 +63,17 @@ def test_overrides_reach_nested_keys_list_items_and_absent_sections() -> None:
 def test_bad_overrides_are_one_line_naming_the_fix(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         apply_overrides(parse_config(BASE), [override])
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [("[1,2", "expected ',' or ']'"), ("*a", "found undefined alias 'a'"), ("{a: 1", "'}'")],
+)
+def test_a_value_that_is_not_yaml_is_one_line(value: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match="is not valid YAML") as info:
+        apply_overrides(parse_config(BASE), [f"distill.loss.1.temperature={value}"])
+    assert problem in str(info.value) and "quote the whole value" in str(info.value)
+    assert "\n" not in str(info.value)  # PyYAML's own errors span lines with carets
 
 
 def test_the_store_records_the_overridden_config(

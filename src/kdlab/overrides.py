@@ -46,8 +46,12 @@ def parse_value(raw: str) -> Any:
         return int(raw) if raw.lstrip("+-").isdigit() else float(raw)
     try:
         value = yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError as err:
-        raise ConfigError(f"value {quote(raw)} is not valid YAML: {err}") from None
+    except yaml.YAMLError as err:  # PyYAML's own text spans lines with carets: one line here
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(
+            f"value {quote(raw)} is not valid YAML ({problem}); check its brackets and quotes, "
+            "or quote the whole value"
+        ) from None
     return _numbers_inside(value) if isinstance(value, (list, dict)) else value
 
 
@@ -92,7 +96,7 @@ def _index(part: str, size: int, where: str, text: str) -> int:
     if not part.lstrip("-").isdigit() or not -size <= int(part) < size:
         raise ConfigError(
             f"override {quote(text)}: {where} indexes a list of {size} item(s); use an index "
-            f"from 0 to {size - 1}"
+            f"from 0 to {size - 1} (or from the end, -1 to -{size})"
         )
     return int(part)
 
