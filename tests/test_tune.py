@@ -17,7 +17,8 @@ from kdlab.config import parse_config
 from kdlab.errors import ConfigError
 from kdlab.resume import config_fingerprint
 from kdlab.store import RunStore
-from kdlab.tune import ParamSpec, TuneOptions, check_params, parse_param, run_study
+from kdlab.tune import ParamSpec, TuneOptions, best_lines, check_params, parse_param, run_study
+from kdlab.tune_checks import ATTR_CONFIG, ATTR_PARAMS, identity
 
 TINY = textwrap.dedent(
     """
@@ -59,6 +60,7 @@ def test_param_specs_parse_with_yaml_typed_choices() -> None:
     assert parse_param("x=choice:sgd,adam").choices == ("sgd", "adam")
     assert parse_param("x=choice:1, 2.5, true, null").choices == (1, 2.5, True, None)
     assert parse_param("x=choice:[16],[32, 32]").choices == ([16], [32, 32])
+    assert parse_param("x=choice:1,1.0,true").choices == (1, 1.0, True)  # three values, not one
 
 
 @pytest.mark.parametrize(
@@ -76,6 +78,8 @@ def test_param_specs_parse_with_yaml_typed_choices() -> None:
         ("t=log:-1:20", "a log range needs 0 < low"),
         ("t=choice:", "choice needs values; write t=choice:a,b"),
         ("t=choice: , ", "choice needs values"),
+        ("t=choice:1,2,1", "lists 1 twice; each value once"),
+        ("t=choice:[8],[16],[8]", "lists [8] twice; each value once"),
     ],
 )
 def test_a_bad_spec_is_one_line_naming_the_fix(text: str, message: str) -> None:
@@ -126,6 +130,7 @@ def test_a_study_of_three_trials_lands_in_the_store(tmp_path: Path) -> None:
     ]  # fmt: skip
     assert any(line.startswith("best: trial ") for line in lines)
     assert any(line.startswith(f"run it: kdlab run {config} distill.loss.1") for line in lines)
+    assert lines[-1].endswith(f" --store {store}")  # reproduces the trial: into the same store
 
     study = optuna.load_study(study_name="tiny-tune", storage=storage)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
@@ -214,6 +219,18 @@ def test_without_optuna_tune_says_how_to_install_it(
         (["--param", "distill.los.1.temperature=1:2"], "unknown key 'distill.los'"),
         ([], "kdlab tune needs at least one --param"),
         (["--param", PARAMS[0], "--storage", "tune.db"], "is not a database URL"),
+        (
+            ["--param", PARAMS[0], "distill.loss.1.temperature=3"],
+            "distill.loss.1.temperature is set twice (by the override "
+            "'distill.loss.1.temperature=3' and by --param 'distill.loss.1.temperature=log:1:20'); "
+            "set each key once",
+        ),
+        (  # the searched list would replace the overridden value inside it
+            ["--param", "distill.loss=choice:[{type: ce}]", "distill.loss.0.weight=0.5"],
+            "distill.loss.0.weight is set twice",
+        ),
+        (["--param", "seeds=choice:[0],[1]", "--seeds", "0"], "seeds is set twice (by --seeds 0"),
+        (["--param", "distill.loss.0.weight=choice:0.5,0.5"], "lists 0.5 twice; each value once"),
     ],
 )
 def test_cli_errors_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
@@ -239,3 +256,112 @@ def test_a_diverging_trial_fails_and_the_study_goes_on(tmp_path: Path) -> None:
     assert "non-finite loss at epoch 1" in lines[1]
     assert lines[-1] == "no trial of study nan completed (2 failed)"
     assert {r.status for r in store.list_runs(role="distilled")} == {"failed"}
+
+
+def test_help_texts_are_not_cut_by_rich_markup() -> None:
+    result = CliRunner().invoke(cli.app, ["tune", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "Study and experiment name (default: the config's name with -tune)." in result.output
+    assert "Run store folder or postgresql:// URL (default: as kdlab run)." in result.output
+
+
+def test_storage_in_the_run_store_file_is_refused(tmp_path: Path) -> None:
+    pytest.importorskip("optuna")
+    import sqlite3
+
+    config, store = tmp_path / "tiny.yaml", tmp_path / "store"
+    config.write_text(TINY)
+    RunStore(store).close()
+    url = f"sqlite:///{store / 'kdlab.sqlite'}"
+    args = ["tune", str(config), "--store", str(store), "--param", PARAMS[0], "--storage", url]
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 2, result.output
+    assert " ".join(result.output.split()) == (  # one line, wrapped by the terminal width
+        f"error: --storage '{url}': that file is kdlab's run store; give the tuning study its own "
+        "file, e.g. sqlite:///tune.db"
+    )
+    with sqlite3.connect(store / "kdlab.sqlite") as conn:  # Optuna added no table
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert "studies" not in tables and "runs" in tables
+
+
+def test_a_continued_study_keeps_its_params_and_config(tmp_path: Path) -> None:
+    """The QA repro: a rerun with other --param or another config must not continue the study
+    (and then recommend its best trial with this command's config)."""
+    pytest.importorskip("optuna")
+    config, store = tmp_path / "tiny.yaml", tmp_path / "store"
+    config.write_text(TINY)
+    base = ["tune", str(config), "--seeds", "0", "--store", str(store),
+            "--storage", f"sqlite:///{tmp_path / 'tune.db'}", "--trials"]  # fmt: skip
+    first = CliRunner().invoke(cli.app, [*base, "1", "--param", PARAMS[1]])
+    assert first.exit_code == 0, first.output
+    value = first.stdout.split("run it:")[1].split("weight=")[1].split()[0]
+    assert first.stdout.splitlines()[-1] == (  # reproduces the trial: its seeds and store
+        f"run it: kdlab run {config} distill.loss.0.weight={value} --seeds 0 --store {store}"
+    )
+
+    other_param = CliRunner().invoke(cli.app, [*base, "3", "--param", PARAMS[0]])
+    assert other_param.exit_code == 2, other_param.output
+    assert " ".join(other_param.output.split()) == (
+        "error: study 'tiny-tune' in --storage searches distill.loss.0.weight=0.0:1.0, not "
+        "distill.loss.1.temperature=log:1.0:20.0; give a new --name for a new search, or the "
+        "study's --param again"
+    )
+    other_config = CliRunner().invoke(
+        cli.app, [*base, "3", "--param", PARAMS[1], "student.model.hidden=[4]"]
+    )
+    assert other_config.exit_code == 2, other_config.output
+    assert " ".join(other_config.output.split()) == (
+        "error: study 'tiny-tune' in --storage was run on another config (it was started as "
+        f"kdlab tune {config} --seeds 0 --store {store}); give a new --name for this config, or "
+        "the study's config, overrides and --seeds again"
+    )
+    config.write_text(TINY.replace("hidden: [8]", "hidden: [6]"))
+    edited = CliRunner().invoke(cli.app, [*base, "3", "--param", PARAMS[1]])
+    assert edited.exit_code == 2 and "(its config file changed since)" in " ".join(
+        edited.output.split()
+    )
+    assert [r.config["tune"]["trial"] for r in RunStore(store).list_runs(role="distilled")] == [0]
+
+    config.write_text(TINY)
+    same = CliRunner().invoke(cli.app, [*base, "2", "--param", "distill.loss.0.weight=0:1.0"])
+    assert same.exit_code == 0, same.output  # the same range, spelt otherwise
+    assert "1 trial(s) done, 1 to run" in same.stdout
+
+
+def test_the_run_it_line_quotes_a_list_for_the_shell() -> None:
+    optuna = pytest.importorskip("optuna")
+    study = optuna.create_study(direction="maximize")
+    choice = optuna.distributions.CategoricalDistribution(["[16, 16]"])
+    study.tell(study.ask({"student.model.hidden": choice}), 0.5)
+    lines = best_lines(study, "exp.yaml", "--seeds 0")
+    assert lines[-1] == "run it: kdlab run exp.yaml 'student.model.hidden=[16, 16]' --seeds 0"
+
+
+def test_the_study_identity_ignores_the_name_and_the_searched_keys_values() -> None:
+    cfg, specs = tiny_config(), [parse_param(PARAMS[0])]
+    key = identity(cfg, specs, "")
+    assert key[ATTR_PARAMS] == ["distill.loss.1.temperature=log:1.0:20.0"]
+    renamed = apply(cfg, "name=other", "distill.loss.1.temperature=9")  # no trial sees them
+    assert identity(renamed, specs, "")[ATTR_CONFIG] == key[ATTR_CONFIG]
+    for change in ("student.model.hidden=[4]", "seeds=[1]", "distill.loss.0.weight=0.3"):
+        assert identity(apply(cfg, change), specs, "")[ATTR_CONFIG] != key[ATTR_CONFIG], change
+
+
+def apply(cfg: object, *overrides: str) -> object:
+    from kdlab.overrides import apply_overrides
+
+    return apply_overrides(cfg, list(overrides))
+
+
+def test_a_study_from_before_kdlab_recorded_its_params_continues(tmp_path: Path) -> None:
+    optuna = pytest.importorskip("optuna")
+    storage = f"sqlite:///{tmp_path / 't.db'}"
+    old = optuna.create_study(study_name="old", storage=storage, direction="maximize")
+    trial = old.ask({"distill.loss.0.weight": optuna.distributions.FloatDistribution(0, 1)})
+    old.tell(trial, 0.5)
+    lines: list[str] = []
+    options = TuneOptions(trials=1, storage=storage, name="old", progress=False)
+    study = run_study(tiny_config(), PARAMS[:1], None, options, lines.append)
+    assert lines[0].startswith("study old: 1 trial(s) done, 0 to run")  # no refusal, no trial
+    assert study.user_attrs[ATTR_PARAMS] == ["distill.loss.1.temperature=log:1.0:20.0"]  # now kept

@@ -5,7 +5,8 @@
 Each trial is the config with the trial's values applied as overrides (:mod:`kdlab.overrides`),
 named after the study and run by :func:`~kdlab.experiment.run_experiment` into the run store;
 its runs record ``tune: {study, trial, params}`` beside the experiment config (whose
-fingerprint is thus unchanged). TPE sampler, seeded; MedianPruner by default.
+fingerprint is thus unchanged). TPE sampler, seeded; MedianPruner by default. A rerun continues
+the study only with its ``--param`` and config, as the study records them (:mod:`.tune_checks`).
 
 **Objective**: the distilled student's *validation* accuracy, of the model the run keeps (the
 best epoch's with ``keep_best``, else the last epoch's), mean over seeds. Test accuracy is never
@@ -18,7 +19,7 @@ by MedianPruner at epoch 2/20 …``. The student-alone baseline is not trained i
 from __future__ import annotations
 
 import json
-import math
+import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,16 +29,27 @@ import typer
 from torch import nn
 
 from kdlab.config import ExperimentConfig
-from kdlab.errors import ConfigError, KdlabError, NonFiniteLossError, quote, shorten
+from kdlab.errors import ConfigError, KdlabError, NonFiniteLossError, shorten
 from kdlab.experiment import ExperimentResult, run_experiment
 from kdlab.health import UnhealthyRunError
-from kdlab.overrides import apply_overrides, parse_value
+from kdlab.overrides import apply_overrides
 from kdlab.runs import RunHook, RunInfo
 from kdlab.store import RunStore
+from kdlab.store.location import redact
+from kdlab.tune_checks import (
+    DEFAULT_STORAGE,
+    SYNTAX,
+    ParamSpec,
+    check_params,
+    check_same_study,
+    check_set_once,
+    check_storage,
+    identity,
+    override,
+    parse_param,
+)
 
-DEFAULT_STORAGE = "sqlite:///kdlab-tune.db"
 OBJECTIVE = "val_accuracy"
-SYNTAX = "key=low:high, key=log:low:high, key=int:low:high or key=choice:a,b,c"
 #: Failures a hyperparameter can cause (a diverging loss): the trial fails, the study goes on.
 TRIAL_FAILURES = (NonFiniteLossError, UnhealthyRunError)
 #: Sections whose change changes the teacher: with none of them searched, every trial after the
@@ -51,107 +63,6 @@ def require_optuna() -> Any:
     except ImportError:
         raise ConfigError("kdlab tune needs Optuna: pip install kdlab[tune]") from None
     return optuna
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """One searched key: ``kind`` float (uniform), log (float, log-uniform), int or choice."""
-
-    key: str
-    kind: str
-    low: float = 0.0
-    high: float = 0.0
-    choices: tuple[Any, ...] = ()
-    text: str = ""
-
-    def examples(self) -> list[Any]:
-        """Values checked against the schema before the study starts."""
-        return list(self.choices) if self.kind == "choice" else [self.low, self.high]
-
-    def suggest(self, trial: Any) -> Any:
-        if self.kind == "choice":  # Optuna stores scalars; lists etc. go by their YAML text
-            stored = [c if _scalar(c) else json.dumps(c) for c in self.choices]
-            return self.choices[stored.index(trial.suggest_categorical(self.key, stored))]
-        if self.kind == "int":
-            return trial.suggest_int(self.key, int(self.low), int(self.high))
-        return trial.suggest_float(self.key, self.low, self.high, log=self.kind == "log")
-
-
-def _scalar(value: Any) -> bool:
-    return value is None or isinstance(value, (bool, int, float, str))
-
-
-def parse_param(text: str) -> ParamSpec:
-    """``key=low:high`` | ``key=log:low:high`` | ``key=int:low:high`` | ``key=choice:a,b,c``."""
-    key, sep, spec = (part.strip() for part in text.partition("="))
-    if not sep or not key or not spec:
-        raise ConfigError(f"--param {quote(text)} is not {SYNTAX}")
-    kind, _, rest = spec.partition(":")
-    if kind == "choice":
-        choices = tuple(parse_value(c.strip()) for c in _split_choices(rest))
-        if not choices:
-            raise ConfigError(f"--param {quote(text)}: choice needs values; write {key}=choice:a,b")
-        return ParamSpec(key, "choice", choices=choices, text=text)
-    if kind not in ("log", "int"):
-        kind, rest = "float", spec
-    low, high = _bounds(text, key, kind, rest)
-    return ParamSpec(key, kind, low, high, text=text)
-
-
-def _bounds(text: str, key: str, kind: str, rest: str) -> tuple[float, float]:
-    """The checked ``low:high`` of a range; each mistake is one line that shows the fix."""
-    where, prefix = f"--param {quote(text)}", "" if kind == "float" else f"{kind}:"
-    number = int if kind == "int" else float
-    try:
-        low, high = (number(b) for b in rest.split(":"))
-    except ValueError:  # not two parts, or not numbers
-        low = high = math.nan
-    if not (math.isfinite(low) and math.isfinite(high)):
-        what = "integers" if kind == "int" else "numbers"
-        raise ConfigError(f"{where}: write {key}={prefix}LOW:HIGH with two {what} ({SYNTAX})")
-    if low > high:
-        raise ConfigError(f"{where}: low must be below high; write {key}={prefix}{high}:{low}")
-    if low == high:
-        raise ConfigError(f"{where}: low equals high; set it with the override {key}={low}")
-    if kind == "log" and low <= 0:
-        raise ConfigError(
-            f"{where}: a log range needs 0 < low; write e.g. {key}=log:{high / 100:g}:{high:g}, "
-            f"or the uniform range {key}={low:g}:{high:g}"
-        )
-    return low, high
-
-
-def _split_choices(text: str) -> list[str]:
-    """Split on commas outside brackets, so ``choice:[16],[32,32]`` has two choices."""
-    parts, depth, current = [], 0, ""
-    for char in text:
-        depth += (char in "[{") - (char in "]}")
-        if char == "," and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += char
-    parts.append(current)
-    return [p for p in parts if p.strip()]
-
-
-def override(key: str, value: Any) -> str:
-    """``key=value`` for :func:`kdlab.overrides.apply_overrides` (JSON is YAML: typed exactly)."""
-    return f"{key}={json.dumps(value)}"
-
-
-def check_params(cfg: ExperimentConfig, specs: Sequence[ParamSpec]) -> None:
-    """Each searched key exists and each bound or choice is a valid value, checked like an
-    override before any trial runs (not after the first has trained)."""
-    keys = [s.key for s in specs]
-    if len(set(keys)) < len(keys):
-        raise ConfigError(f"--param names a key twice: {', '.join(keys)}; give each key once")
-    for spec in specs:
-        for value in spec.examples():
-            try:
-                apply_overrides(cfg, [override(spec.key, value)])
-            except ConfigError as err:
-                raise ConfigError(f"--param {quote(spec.text)}: {err}") from None
 
 
 @dataclass
@@ -170,6 +81,8 @@ class TuneOptions:
     pruner: Any = None
     #: The config file (and overrides) named in the closing ``kdlab run`` suggestion.
     source: str = "exp.yaml"
+    #: The ``--seeds``/``--store`` options that suggestion repeats, so it reproduces the trial.
+    flags: str = ""
 
 
 @dataclass
@@ -272,6 +185,7 @@ def run_study(
     check_params(cfg, specs)
     name = options.name or f"{cfg.name}-tune"
     study = _open_study(optuna, name, options)
+    check_same_study(study, identity(cfg, specs, f"{options.source} {options.flags}".strip()))
     done = [t for t in study.trials if t.state.is_finished()]
     # A continued study draws new values: the sampler's seed moves on with its trial count.
     study.sampler = optuna.samplers.TPESampler(seed=options.sampler_seed + len(study.trials))
@@ -284,17 +198,13 @@ def run_study(
         echo(trial_line(study, trial))
 
     study.optimize(objective, n_trials=remaining, catch=TRIAL_FAILURES, callbacks=[report])
-    for line in best_lines(study, options.source):
+    for line in best_lines(study, options.source, options.flags):
         echo(line)
     return study
 
 
 def _open_study(optuna: Any, name: str, options: TuneOptions) -> Any:
-    if "://" not in options.storage:
-        raise ConfigError(
-            f"--storage {quote(options.storage)} is not a database URL; write e.g. "
-            f"{DEFAULT_STORAGE} or postgresql://user@host/db"
-        )
+    check_storage(options.storage)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # kdlab prints a line per trial itself
     pruner = options.pruner or optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
     try:
@@ -334,8 +244,9 @@ def trial_line(study: Any, trial: Any) -> str:
     return f"trial {trial.number}: {outcome}  {params}{best}"
 
 
-def best_lines(study: Any, source: str) -> list[str]:
-    """The best trial's value and params, and the ``kdlab run`` line that reproduces it."""
+def best_lines(study: Any, source: str, flags: str = "") -> list[str]:
+    """The best trial's value and params, and the ``kdlab run`` line that reproduces it
+    (``source``: the config file and overrides; ``flags``: its ``--seeds``/``--store``)."""
     states = [t.state.name for t in study.trials]
     if "COMPLETE" not in states:
         words = {"PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}
@@ -345,10 +256,10 @@ def best_lines(study: Any, source: str) -> list[str]:
         return [f"no trial of study {study.study_name} completed ({counts or 'none run'})"]
     best = study.best_trial
     short = "  ".join(f"{k}={_plain(v, short=True)}" for k, v in best.params.items())
-    exact = " ".join(f"{k}={_plain(v)}" for k, v in best.params.items())
+    exact = " ".join(shlex.quote(f"{k}={_plain(v)}") for k, v in best.params.items())
     return [
         f"best: trial {best.number} of {len(states)}, {OBJECTIVE} {best.value:.4f}  {short}",
-        f"run it: kdlab run {source} {exact}",
+        f"run it: kdlab run {source} {exact}" + (f" {flags}" if flags else ""),
     ]
 
 
@@ -364,14 +275,20 @@ _Overrides = Annotated[
 _Param = Annotated[list[str] | None, typer.Option(help=f"Searched key (repeat): {SYNTAX}.")]
 _Trials = Annotated[int, typer.Option(help="Trials of the study in all (a rerun adds the rest).")]
 _Storage = Annotated[str, typer.Option(help="Optuna storage: any RDB URL.")]
-_Name = Annotated[str | None, typer.Option(help="Study and experiment [default: NAME-tune].")]
+# No "[default: …]" in help texts: Rich reads "[word…]" as markup and drops it.
+_Name = Annotated[
+    str | None,
+    typer.Option(help="Study and experiment name (default: the config's name with -tune)."),
+]
 _Seeds = Annotated[str | None, typer.Option(help="Override the config's seeds: 0,1,2")]
-_Store = Annotated[Path | None, typer.Option(help="Run store folder [default: as kdlab run].")]
+_Store = Annotated[  # str, not Path: Path() would fold a postgresql:// URL's "//"
+    str | None, typer.Option(help="Run store folder or postgresql:// URL (default: as kdlab run).")
+]
 
 
 def cli_command(
     load: Callable[[Path, list[str]], ExperimentConfig],
-    open_store: Callable[[Path | None], Any],
+    open_store: Callable[[str | None], Any],
     interruptible: Callable[[str], Any],
     echo: Callable[[str], None],
 ) -> Callable[..., None]:
@@ -382,13 +299,17 @@ def cli_command(
              seeds: _Seeds = None, store: _Store = None) -> None:  # fmt: skip
         """Search hyperparameters with Optuna (TPE, median pruning) for the best validation
         accuracy of the distilled student; every trial's runs land in the run store."""
-        seed_list = [] if seeds is None else [f"seeds=[{seeds}]"]
-        cfg = load(config, [*(overrides or []), *seed_list])
-        source = " ".join([str(config), *(overrides or [])])
+        cfg = load(config, [*(overrides or []), *([] if seeds is None else [f"seeds=[{seeds}]"])])
+        specs = [parse_param(p) for p in param or []]
+        check_set_once(overrides or [], specs, seeds)
+        source = " ".join(shlex.quote(a) for a in [str(config), *(overrides or [])])
+        flags = [*(["--seeds", seeds] if seeds is not None else []),
+                 *(["--store", redact(store)] if store is not None else [])]  # fmt: skip
         again = f"kdlab tune {source} with the same options (the study continues)"
         with open_store(store) as run_store, interruptible(again):
-            options = TuneOptions(trials, storage, name, source=source)
-            run_study(cfg, param or [], run_store, options, echo)
+            options = TuneOptions(trials, storage, name, source=source,
+                                  flags=" ".join(shlex.quote(f) for f in flags))  # fmt: skip
+            run_study(cfg, specs, run_store, options, echo)
 
     return tune
 
