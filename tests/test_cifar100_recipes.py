@@ -148,6 +148,8 @@ def shrunk(path: Path, root: Path) -> dict:
             term["negatives"] = 8
         if term["type"] == "dkd":  # a warm-up longer than the run is refused: 1 epoch here
             term["warmup"] = 1
+        if term["type"] == "review":  # its weight is 0 in epoch 0 of a warm-up: none here
+            term["warmup_epochs"] = 0
     return raw
 
 

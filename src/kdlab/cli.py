@@ -106,7 +106,7 @@ def _seeds(text: str | None) -> list[int] | None:
 def quickstart(
     store: StoreOpt = None,
     seeds: Annotated[
-        str | None, typer.Option(help="Comma-separated seeds [default: 0,1,2].")
+        str | None, typer.Option(help="Comma-separated seeds (default: 0,1,2).")
     ] = None,
     progress: ProgressOpt = True,
 ) -> None:

@@ -19,24 +19,29 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from kdlab import checkpoint as ckpt
 from kdlab import distributed
 from kdlab.config import ExperimentConfig
 from kdlab.data import DataSplits, load_dataset, with_augmentation
-from kdlab.devices import check_precision, resolve_device
+from kdlab.devices import check_precision, module_device, resolve_device
 from kdlab.errors import ConfigError, KdlabError, quote, shorten
 from kdlab.freeze import train_only
+from kdlab.inference import eval_forward, to_device
 from kdlab.losses import Objective, build_objective, check_batch_sizes
+from kdlab.losses.feature import prepare_terms
 from kdlab.models import build_model
 from kdlab.models.ensemble import EnsembleTeacher
 from kdlab.runs import check_num_classes
 from kdlab.schemes.base import DistillContext
+from kdlab.schemes.offline import load_term_states, term_states
 from kdlab.schemes.registry import get_scheme
 from kdlab.seeding import derived_seed
 from kdlab.settings import TrainSettings, merge_settings
 from kdlab.taps import resolve_modules
+from kdlab.types import Batch
 
 
 def preflight(cfg: ExperimentConfig, teacher: nn.Module | None = None) -> None:
@@ -203,11 +208,11 @@ def _check_losses(
     base = cfg.distill.train or cfg.student.train
     n_train = cfg.student.train_subset or len(data.train)
     learners, teachers = _scheme_models(cfg, data, student, teacher)
+    steps: list[tuple[str, Objective, TrainSettings]] = []
     for i, stage in enumerate(cfg.distill.stages or []):
         where = f"distill.stages[{i}]"
-        objective = _objective(stage.loss, f"{where}.loss")
-        _taps(objective, f"{where}.loss", learners, teachers)
-        _batches(objective, where, n_train, merge_settings(base, stage.train))
+        steps.append((f"{where}.loss", _objective(stage.loss, f"{where}.loss"),
+                      merge_settings(base, stage.train)))  # fmt: skip
         if stage.trainable not in ("all", "none"):
             try:
                 with train_only(student, stage.trainable, "student"):
@@ -215,9 +220,15 @@ def _check_losses(
             except ConfigError as err:
                 raise ConfigError(f"{where}.trainable: {err}") from None
     if cfg.distill.loss is not None:
-        objective = _objective(cfg.distill.loss, "distill.loss")
-        _taps(objective, "distill.loss", learners, teachers)
-        _batches(objective, "distill.train", n_train, base)
+        steps.append(("distill.loss", _objective(cfg.distill.loss, "distill.loss"), base))
+    offline = cfg.distill.scheme == "offline"
+    for where, objective, settings in steps:  # batch sizes are the stage's or distill.train's
+        _taps(objective, where, learners, teachers)
+        batches = "distill.train" if where == "distill.loss" else where.removesuffix(".loss")
+        _batches(objective, batches, n_train, settings)
+    check_stage_plan(steps, offline)
+    if offline:  # other schemes build their losses per model pair; their taps are checked above
+        forward_check(steps, data, student, teacher, n_train)
 
 
 def _objective(specs: Sequence[Mapping[str, Any]], where: str) -> Objective:
@@ -252,4 +263,92 @@ def _batches(objective: Objective, where: str, n_train: int, train: TrainSetting
         raise ConfigError(f"{where}: {err}") from None
 
 
-__all__ = ["build_checked", "load_weights", "preflight"]
+def check_stage_plan(steps: Sequence[tuple[str, Objective, TrainSettings]], offline: bool) -> None:
+    """Over the losses in training order: each trains something, the last trains the student,
+    and FT's transfer follows a paraphrase stage of the same term name (its trained state)."""
+    paraphrased: set[str] = set()
+    for where, objective, _ in steps:
+        active = [t for t in objective.terms if t.weight > 0]
+        if not active:
+            raise ConfigError(
+                f"{where}: every loss term has weight 0, so nothing trains; give a term a weight "
+                "> 0"
+            )
+        for term in (t for t in active if t.kind == "ft"):
+            if getattr(term, "phase", "") == "paraphrase":
+                paraphrased.add(term.name)
+            elif term.name not in paraphrased:
+                fix = (
+                    f"put a stage with {{type: ft, phase: paraphrase, teacher: ..., name: "
+                    f"{term.name}}} (trainable: none) before it"
+                    if offline
+                    else "factor transfer trains in stages: use scheme: offline with distill.stages"
+                )
+                raise ConfigError(
+                    f"{where}: loss {term.name!r} (ft, phase transfer) reads a paraphraser that no "
+                    f"earlier stage trains; {fix}"
+                )
+    where, last, _ = steps[-1] if steps else ("", None, None)
+    if last is not None and all(getattr(t, "phase", "") == "paraphrase"
+                                for t in last.terms if t.weight > 0):  # fmt: skip
+        raise ConfigError(
+            f"{where}: the last loss trains only FT's paraphraser, so the student never learns; "
+            "add a stage after it with the transfer term (the same name, phase: transfer)"
+        )
+
+
+def forward_check(
+    steps: Sequence[tuple[str, Objective, TrainSettings]],
+    data: DataSplits,
+    student: nn.Module,
+    teacher: nn.Module | None,
+    n_train: int,
+) -> None:
+    """One forward of each loss on a few training examples, the terms' trained state carried
+    from stage to stage as the run carries it: what only shapes reveal (a vector tapped where a
+    map is needed, an adapter that cannot map, ReviewKD's level order, KD-SVD's k past the
+    channels) fails here, not after the teacher has trained. The models' weights, BatchNorm
+    statistics and the global random streams are left as they were."""
+    device = module_device(student)
+    if teacher is not None and module_device(teacher) != device:
+        return  # a given teacher on another device: the run's first batch checks the shapes
+    rows = min(len(data.train), 8)
+    inputs = to_device(data.train.inputs(slice(rows)), device)
+    states: dict = {}
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        for where, objective, settings in steps:
+            sample = Batch(inputs, data.train.y[:rows].to(device), torch.arange(rows),
+                           epochs=settings.epochs, train_size=n_train)  # fmt: skip
+            try:
+                prepare_terms(objective, student, teacher, sample)
+                load_term_states(objective, states)
+                objective.train()
+                s_out = eval_forward(student, inputs, objective.student_taps, "student")
+                t_out = (eval_forward(teacher, inputs, objective.teacher_taps, "teacher")
+                         if teacher is not None and objective.needs_teacher else None)  # fmt: skip
+                objective(s_out, t_out, sample)
+                _normalised_batches(objective, n_train, settings.batch_size)
+            except ConfigError as err:
+                raise ConfigError(f"{where}: {err}") from None
+            states = {**states, **term_states(objective)}
+
+
+def _normalised_batches(objective: Objective, n_train: int, batch_size: int) -> None:
+    """BatchNorm over vectors (an adapter's ``adapter_bn``, the ``regressor`` on vectors) needs
+    ≥ 2 samples in every training batch, the last one of an epoch included."""
+    def normalises(term: nn.Module) -> bool:
+        return any(isinstance(m, nn.BatchNorm1d) for m in term.modules())
+
+    names = [repr(t.name) for t in objective.terms if t.weight > 0 and normalises(t)]
+    rest = n_train % batch_size
+    if names and (batch_size < 2 or n_train < 2 or rest == 1):
+        last = f"the last batch of every epoch holds {rest}" if rest == 1 else "a batch holds 1"
+        raise ConfigError(
+            f"loss {', '.join(names)} normalises vectors with BatchNorm (adapter: regressor or "
+            f"adapter_bn: true), which needs ≥ 2 samples per batch, but with {n_train} training "
+            f"examples and batch_size {batch_size} {last}; change batch_size, or use "
+            "adapter: linear without adapter_bn"
+        )
+
+
+__all__ = ["build_checked", "check_stage_plan", "forward_check", "load_weights", "preflight"]

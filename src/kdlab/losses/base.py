@@ -165,8 +165,8 @@ def build_term(spec: Mapping[str, Any]) -> Term:
     unknown = [k for k in spec if k not in allowed]
     if unknown:
         raise ConfigError(
-            f"loss {kind!r} has no parameter {', '.join(map(quote, unknown))}; "
-            f"valid parameters: {', '.join(allowed)}"
+            f"loss {kind!r} has no parameter {', '.join(map(quote, unknown))}"
+            f"{did_you_mean(unknown[0], allowed)}; valid parameters: {', '.join(allowed)}"
         )
     expanded = TERMS[kind].build_expanded(spec)
     if expanded is not None:
@@ -174,8 +174,10 @@ def build_term(spec: Mapping[str, Any]) -> Term:
     _check_types(kind, spec)
     try:
         return TERMS[kind](**spec)
-    except ConfigError:
-        raise
+    except ConfigError as err:  # the term's own check: say which loss it is, once
+        if str(err).startswith("loss "):
+            raise
+        raise ConfigError(f"loss {kind!r}: {err}") from None
     except (TypeError, ValueError, OverflowError, KeyError, AttributeError) as err:
         # a value of the wrong kind, e.g. temperature: [4]; the message is the term's own
         raise ConfigError(f"loss {kind!r}: {shorten(str(err), 300)}") from err
