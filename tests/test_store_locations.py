@@ -83,3 +83,9 @@ def test_a_read_only_store_folder_says_so(store: Path, monkeypatch: pytest.Monke
     with pytest.raises(StoreError, match=r"its folder is read-only, .* copy the store to a "
                                          r"writable folder"):  # fmt: skip
         RunStore(store, create=False)
+
+
+def test_a_filter_that_matches_nothing_is_not_an_empty_store(store: Path) -> None:
+    result = invoke("runs", "--store", store, "--experiment", "nope")
+    assert result.exit_code == 0 and "No runs match these filters." in result.stdout
+    assert "try `kdlab quickstart`" not in result.stdout

@@ -246,7 +246,9 @@ def runs(
     with _store(store, create=False) as run_store:
         records = run_store.list_runs(experiment=experiment, role=role, status=status, limit=limit)
     if not records:
-        console.print("No runs in this store yet: try `kdlab quickstart`.")
+        filtered = experiment or role or status
+        console.print("No runs match these filters." if filtered else
+                      "No runs in this store yet: try `kdlab quickstart`.")  # fmt: skip
         return
     table = Table()
     table.add_column("id", no_wrap=True, min_width=22)  # ids must stay copy-pastable
