@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from decimal import Decimal, localcontext
 
 import numpy as np
 import pytest
@@ -18,7 +19,14 @@ import torch
 from feature_helpers import assert_grad_only_to_student, outputs, rand, value
 from kdlab.errors import ConfigError
 from kdlab.losses import build_term
-from kdlab.losses.cc import CorrelationCongruence, cc_loss, correlation_matrix
+from kdlab.losses.cc import (
+    CorrelationCongruence,
+    cc_loss,
+    correlation_matrix,
+    log_taylor_rbf_coefficients,
+    max_gamma,
+    taylor_rbf_coefficients,
+)
 from kdlab.losses.nst import NeuronSelectivityTransfer, nst_loss
 
 # ---------------------------------------------------------------------------------------------
@@ -144,13 +152,12 @@ def cc_reference(s: np.ndarray, t: np.ndarray, gamma: float, order: int) -> floa
     return total / b**2
 
 
-@pytest.mark.parametrize(("gamma", "order"), [(0.4, 2), (1.5, 4), (0.4, 0)])
+@pytest.mark.parametrize(("gamma", "order"), [(0.4, 2), (1.5, 4), (0.4, 1)])
 def test_cc_matches_the_loop_reference(gamma: float, order: int) -> None:
     s, t = rand(5, 2, 3), rand(5, 9, seed=1)  # different sizes: ψ is B × B on both sides
     term = CorrelationCongruence(student="s", teacher="t", gamma=gamma, order=order)
     ref = cc_reference(s.numpy(), t.numpy(), gamma, order)
     assert value(term, s, t) == pytest.approx(ref, rel=1e-10, abs=1e-15)
-    assert order > 0 or ref == 0.0  # the order-0 kernel is a constant
     assert len(term.connector) == 0
 
 
@@ -202,3 +209,76 @@ def test_cc_needs_two_samples_and_valid_parameters() -> None:
     ):
         with pytest.raises(ConfigError, match=match):
             build_term({"type": "cc", "student": "s", "teacher": "t", **params})
+
+
+def naive_coefficients(gamma: float, order: int) -> list[float]:
+    return [math.exp(-2 * gamma) * (2 * gamma) ** p / math.factorial(p) for p in range(order + 1)]
+
+
+def exact_log_coefficients(gamma: float, order: int) -> list[float]:
+    """log(e^{−2γ}(2γ)^p/p!) in 60-digit decimal arithmetic, whose exponent range is unbounded."""
+    with localcontext() as ctx:
+        ctx.prec = 60
+        two_gamma = Decimal(2) * Decimal(gamma)
+        return [
+            float(((-two_gamma).exp() * two_gamma**p / math.factorial(p)).ln())
+            for p in range(order + 1)
+        ]
+
+
+@pytest.mark.parametrize(("gamma", "order"), [(0.4, 2), (0.4, 10), (3.0, 50)])
+def test_cc_taylor_weights_match_the_explicit_formula(gamma: float, order: int) -> None:
+    assert taylor_rbf_coefficients(gamma, order) == pytest.approx(
+        naive_coefficients(gamma, order), rel=1e-13
+    )
+
+
+@pytest.mark.parametrize("gamma", [400.0, 1.0e6])
+def test_cc_taylor_weights_are_computed_in_log_space(gamma: float) -> None:
+    # the plain formula fails here: exp(−2γ) underflows to 0 (γ > 373), (2γ)^50 overflows (γ = 1e6)
+    if gamma < 1e6:
+        assert naive_coefficients(gamma, 50) == [0.0] * 51
+    else:
+        with pytest.raises(OverflowError):
+            naive_coefficients(gamma, 50)
+    exact = exact_log_coefficients(gamma, 50)
+    assert log_taylor_rbf_coefficients(gamma, 50) == pytest.approx(exact, rel=1e-12)
+    weights = taylor_rbf_coefficients(gamma, 50)
+    assert weights == pytest.approx([math.exp(c) for c in exact], rel=1e-9)
+    assert (weights[-1] > 0) == (gamma < 1e6)  # e^{−614} at γ = 400 is still a double
+
+
+def test_cc_refuses_a_gamma_whose_weights_all_underflow_in_float32() -> None:
+    spec = {"type": "cc", "student": "s", "teacher": "t"}
+    with pytest.raises(
+        ConfigError,
+        match=r"gamma 1e\+06 is too large for order 50: .*below 1\.1e-19"
+        r".* use gamma ≤ 71\.7 at order 50; the default is 0\.4$",
+    ):
+        build_term({**spec, "gamma": 1.0e6, "order": 50})
+    with pytest.raises(ConfigError, match=r"use gamma ≤ 25\.4 at order 2 \(≤ 71\.7 at order 50\)"):
+        build_term({**spec, "gamma": 30.0})
+    assert max_gamma(2) == pytest.approx(25.416, abs=1e-3)
+    # the bound is where float32 gives out: just inside, the loss is still > 0 in float32; well
+    # beyond it (as the plain formula had it up to γ ≈ 373), it is exactly 0
+    s, t = rand(6, 5).float(), rand(6, 5, seed=1).float()
+    assert float(cc_loss(s, t, gamma=25.4, order=2)) > 0
+    build_term({**spec, "gamma": 25.4})
+    assert float(cc_loss(s, t, gamma=60.0, order=2)) == 0.0
+
+
+def test_cc_refuses_order_0_which_makes_the_term_a_constant() -> None:
+    with pytest.raises(
+        ConfigError,
+        match=r"from 1 to 50 .* got 0; order 0 keeps only the constant"
+        r" exp\(−2γ\), so the term would always be 0",
+    ):
+        build_term({"type": "cc", "student": "s", "teacher": "t", "order": 0})
+
+
+def test_cc_computes_in_float32_under_mixed_precision() -> None:
+    s, t = rand(6, 5).float(), rand(6, 5, seed=1).float()
+    plain = cc_loss(s, t, gamma=2.0, order=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = cc_loss(s, t, gamma=2.0, order=4)
+    assert mixed.dtype == torch.float32 and float(mixed) == pytest.approx(float(plain), rel=1e-6)

@@ -12,9 +12,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from feature_helpers import rand, toy_cnn_pair
 from kdlab import checkpoint as ckpt
+from kdlab import cli
 from kdlab.api import fit_model
 from kdlab.errors import ConfigError
 from kdlab.losses import Objective, build_term
@@ -247,6 +249,48 @@ def test_warmup_scales_the_loss_by_epoch_over_warmup_epochs() -> None:
     for epoch, factor in ((0, 0.0), (2, 0.5), (7, 1.0)):
         batch.epoch, batch.epochs = epoch, 10
         assert float(term(so, to, batch).detach()) == pytest.approx(factor * full)
+
+
+def test_warmup_the_run_outlasts_is_refused_in_prepare() -> None:
+    s, t = features()
+
+    def prepare(warmup_epochs: float, epochs: int) -> None:
+        so, to, batch = level_outputs(s, t)
+        batch.epochs = epochs
+        ReviewKD(student=PATHS, teacher=PATHS, warmup_epochs=warmup_epochs).prepare(so, to, batch)
+
+    # min(1, epoch / W) over 0-based epochs 0..E−1 reaches 1 only if W ≤ E − 1
+    with pytest.raises(
+        ConfigError,
+        match=r"warmup_epochs is 10 but training runs only 10 epoch"
+        r".*never reaches full weight; set warmup_epochs ≤ 9 .* or 0 for no",
+    ):
+        prepare(10, 10)
+    with pytest.raises(ConfigError, match=r"only 1 epoch.*set warmup_epochs 0 for no warm-up$"):
+        prepare(1, 1)
+    prepare(9, 10)  # full weight in the last epoch
+    prepare(0, 1)  # no warm-up
+    prepare(50, 0)  # unknown length: nothing to check
+
+
+def test_validate_refuses_a_warmup_longer_than_training(tmp_path) -> None:
+    levels = "[features.1, features.2]"
+    path = tmp_path / "review.yaml"
+    path.write_text(
+        "student: {model: {type: cnn, channels: [4, 8, 8], hidden: 8}, "
+        "train: {epochs: 1, batch_size: 64, threads: 1}}\n"
+        "teacher: {model: {type: cnn, channels: [4, 8, 8], hidden: 8}, train: {epochs: 1}}\n"
+        f"distill: {{loss: [{{type: ce}}, {{type: review, warmup_epochs: 50, student: {levels}, "
+        f"teacher: {levels}}}]}}\n"
+    )
+    result = CliRunner().invoke(cli.app, ["validate", str(path)])
+    message = " ".join(result.stderr.split())  # one line, whatever the terminal's wrapping
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert message.startswith("error: distill.train: loss term 'review' (review,")
+    assert "warmup_epochs is 50 but training runs only 1 epoch(s)" in message
+    assert message.endswith("never reaches full weight; set warmup_epochs 0 for no warm-up")
+    path.write_text(path.read_text().replace("warmup_epochs: 50", "warmup_epochs: 0"))
+    assert CliRunner().invoke(cli.app, ["validate", str(path)]).exit_code == 0
 
 
 def test_bad_input_names_the_fix() -> None:

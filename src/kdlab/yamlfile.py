@@ -1,5 +1,8 @@
 """Reading a config file: UTF-8 text of bounded size, parsed as YAML of bounded expansion.
 
+Numbers with an exponent (``1e-3``, ``1e30``, ``1.0e30``) are floats, as in YAML 1.2 and in
+command-line overrides; PyYAML's YAML 1.1 reads them as text unless written ``1.0e+30``.
+
 A 526-byte YAML alias bomb (nested anchors, each list repeating the previous) expands to
 billions of values; a 10 MB value makes every message that quotes it slow. Both are refused here,
 before pydantic sees anything, with errors that name the file.
@@ -7,6 +10,7 @@ before pydantic sees anything, with errors that name the file.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +55,16 @@ class _BoundedLoader(_Parser, Composer, SafeConstructor, Resolver):  # type: ign
     def construct_document(self, node: Any) -> Any:
         _measure(node)
         return super().construct_document(node)
+
+
+# YAML 1.1 (PyYAML) reads 1e30, 1e-3, 1.0e30 and 1E5 as strings: its floats need a dot and a
+# signed exponent. Read them as floats, as YAML 1.2 and kdlab's overrides do; a quoted one stays
+# text. Only this loader changes, and only exponent forms (ints and other floats resolve first).
+_BoundedLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 def _measure(root: Any) -> None:

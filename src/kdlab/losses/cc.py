@@ -13,6 +13,12 @@ Defaults P = 2 and γ = 0.4: P = 2 is the paper's choice for the RBF kernel; γ 
 value of Knowledge-Distillation-Zoo's CIFAR scripts (with weight 100), which we could not
 check against the paper's text.
 
+Usable range: P from 1 to 50 (P = 0 leaves only the constant exp(−2γ): a loss of 0), and γ up to
+25.4 at P = 2 (71.7 at P = 50; see ``max_gamma``). Beyond that every weight is below 1e-19,
+the loss (a product of two weights) underflows in float32, and the term never trains, so
+kdlab refuses such a γ. The weights are computed in log space, and the term in float32 or wider
+(also under mixed precision).
+
 Embedding sizes may differ: ψ is B × B on both sides, so no adapter is needed (``adapter:
 linear`` adds a trainable one on the student side anyway). The paper compares embeddings of
 equal size; a linear map in front of a normalised kernel only lets the student re-weight
@@ -28,21 +34,48 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdlab.divergences import at_least_float32
 from kdlab.errors import ConfigError
 from kdlab.losses.base import register_term
 from kdlab.losses.feature import flat
 from kdlab.losses.relation import RelationTerm
 from kdlab.types import Batch, ModelOutput
 
+#: The smallest Taylor weight kept usable: the loss and its gradient are products of two
+#: weights, which below √(float32's smallest normal) ≈ 1.1e-19 underflow, leaving the term 0.
+MIN_WEIGHT = math.sqrt(torch.finfo(torch.float32).tiny)
+#: The largest Taylor order P.
+MAX_ORDER = 50
+
+
+def log_taylor_rbf_coefficients(gamma: float, order: int) -> list[float]:
+    """log(exp(−2γ)·(2γ)^p / p!) for p = 0..P, in log space so that no γ or P overflows."""
+    log_two_gamma = math.log(2.0 * gamma)
+    return [-2.0 * gamma + p * log_two_gamma - math.lgamma(p + 1) for p in range(order + 1)]
+
 
 def taylor_rbf_coefficients(gamma: float, order: int) -> list[float]:
     """exp(−2γ)·(2γ)^p / p! for p = 0..P: the Taylor weights of the unit-vector RBF kernel."""
-    return [
-        math.exp(-2.0 * gamma) * (2.0 * gamma) ** p / math.factorial(p) for p in range(order + 1)
-    ]
+    return [math.exp(c) for c in log_taylor_rbf_coefficients(gamma, order)]
+
+
+def max_gamma(order: int) -> float:
+    """The largest γ whose largest Taylor weight (p ≤ ``order``) is still ≥ ``MIN_WEIGHT``."""
+    floor = math.log(MIN_WEIGHT)
+    low, high = 0.5, 1.0  # the largest weight only falls with γ beyond 2γ = P, where it is p = P
+    while max(log_taylor_rbf_coefficients(high, order)) >= floor:
+        low, high = high, 2 * high
+    for _ in range(60):  # bisection to float precision
+        mid = (low + high) / 2
+        if max(log_taylor_rbf_coefficients(mid, order)) >= floor:
+            low = mid
+        else:
+            high = mid
+    return low
 
 
 def correlation_matrix(x: Tensor, *, gamma: float = 0.4, order: int = 2) -> Tensor:
@@ -65,10 +98,31 @@ def cc_loss(student: Tensor, teacher: Tensor, *, gamma: float = 0.4, order: int 
             f"cc_loss needs the same batch of ≥ 2 samples from both models, got student "
             f"{tuple(student.shape)} and teacher {tuple(teacher.shape)}"
         )
-    diff = correlation_matrix(teacher, gamma=gamma, order=order) - correlation_matrix(
-        student, gamma=gamma, order=order
+    # float32 at least, also under mixed precision: the weights are chosen to fit float32
+    with torch.autocast(student.device.type, enabled=False):
+        s, t = at_least_float32(student), at_least_float32(teacher)
+        diff = correlation_matrix(t, gamma=gamma, order=order) - correlation_matrix(
+            s, gamma=gamma, order=order
+        )
+        return diff.pow(2).sum() / (b * b)
+
+
+def _check_gamma(gamma: float, order: int) -> None:
+    """Refuse a γ whose Taylor weights are all too small for float32: the term is then 0."""
+    if max(log_taylor_rbf_coefficients(gamma, order)) >= math.log(MIN_WEIGHT):
+        return
+    usable = f"gamma ≤ {_floor(max_gamma(order))} at order {order}"
+    if order < MAX_ORDER:
+        usable += f" (≤ {_floor(max_gamma(MAX_ORDER))} at order {MAX_ORDER})"
+    raise ConfigError(
+        f"gamma {gamma:g} is too large for order {order}: every Taylor weight "
+        f"exp(−2γ)·(2γ)^p/p! is below {MIN_WEIGHT:.1e}, so the loss underflows to 0 in float32 "
+        f"and the term never trains; use {usable}; the default is 0.4"
     )
-    return diff.pow(2).sum() / (b * b)
+
+
+def _floor(bound: float) -> float:
+    return math.floor(bound * 10) / 10  # rounded down, so that the value shown is accepted
 
 
 @register_term
@@ -91,11 +145,13 @@ class CorrelationCongruence(RelationTerm):
         super().__init__(student, teacher, weight, adapter, adapter_bn, name)
         if not (gamma > 0 and math.isfinite(gamma)):
             raise ConfigError(f"gamma must be a finite number > 0 (e.g. 0.4), got {gamma!r}")
-        if isinstance(order, bool) or not isinstance(order, int) or not 0 <= order <= 50:
+        if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= MAX_ORDER:
             raise ConfigError(
-                f"order must be a whole number from 0 to 50 (the Taylor order P; the paper uses "
-                f"2), got {order!r}"
+                f"order must be a whole number from 1 to {MAX_ORDER} (the Taylor order P; the "
+                f"paper uses 2), got {order!r}; order 0 keeps only the constant exp(−2γ), so the "
+                "term would always be 0"
             )
+        _check_gamma(float(gamma), order)
         self.gamma, self.order = float(gamma), int(order)
 
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch) -> Tensor:
@@ -103,4 +159,13 @@ class CorrelationCongruence(RelationTerm):
         return cc_loss(s, t, gamma=self.gamma, order=self.order)
 
 
-__all__ = ["CorrelationCongruence", "cc_loss", "correlation_matrix", "taylor_rbf_coefficients"]
+__all__ = [
+    "MAX_ORDER",
+    "MIN_WEIGHT",
+    "CorrelationCongruence",
+    "cc_loss",
+    "correlation_matrix",
+    "log_taylor_rbf_coefficients",
+    "max_gamma",
+    "taylor_rbf_coefficients",
+]

@@ -25,7 +25,8 @@ reported numbers, and the paper leaves these details open:
   the 3×3 convolution, and the fused map at that size is what the next level receives.
 - mid_channels defaults to min(512, channels of the deepest student level) as in the code.
 - The code multiplies the loss by min(1, epoch / 20) (0-based epochs: the first epoch trains on
-  CE alone) over 240 CIFAR epochs; here ``warmup_epochs`` (default 0: off). Its CIFAR scripts
+  CE alone) over 240 CIFAR epochs; here ``warmup_epochs`` (default 0: off; at most epochs − 1,
+  the last 0-based epoch, or the loss never reaches full weight and is refused). Its CIFAR scripts
   use loss weights 0.6 (ResNet56 → ResNet20) to 5 (WRN, ResNet32×4 → 8×4, ShuffleV1) and 8
   (ResNet32×4 → ShuffleV2), default 1.
 - The code taps the teacher's pre-activation features; kdlab reads whatever modules are named.
@@ -262,13 +263,29 @@ class ReviewKD(Term):
     def prepare(
         self, student: ModelOutput, teacher: ModelOutput | None, sample: Batch | None = None
     ) -> None:
-        """Build the ABF blocks from one batch of features (call before building optimizers)."""
+        """Build the ABF blocks from one batch of features (call before building optimizers);
+        check the warm-up against the run's length, which the sample batch carries."""
+        self.check_run(0, sample.epochs if sample is not None else 0)
         s, t = self.levels(student, teacher)
         self._check_order(s)
         fusions = build_fusions([x.shape[1:] for x in s], [x.shape[1:] for x in t],
                                 self.mid_channels)  # fmt: skip
         self.fusions = fusions.to(device=s[0].device, dtype=s[0].dtype)
         self._built_for = self._shapes(s, t)
+
+    def check_run(self, train_size: int, epochs: int) -> None:
+        """A warm-up the run outlasts never reaches full weight (0 epochs: unknown). The factor
+        min(1, epoch / warmup_epochs) counts epochs from 0, so it is 1 from epoch warmup_epochs
+        on, and the last epoch is epochs − 1."""
+        if epochs > 0 and self.warmup_epochs > epochs - 1:
+            fix = f"≤ {epochs - 1} (e.g. a tenth of the epochs) or 0" if epochs > 1 else "0"
+            raise ConfigError(
+                f"{self._where()}warmup_epochs is {self.warmup_epochs:g} but training runs only "
+                f"{epochs} epoch(s): the weight min(1, epoch / warmup_epochs), epochs counted "
+                f"from 0, reaches 1 at epoch {self.warmup_epochs:g} and the last is epoch "
+                f"{epochs - 1}, so the loss never reaches full weight; set warmup_epochs {fix} "
+                "for no warm-up"
+            )
 
     @staticmethod
     def _shapes(s: Sequence[Tensor], t: Sequence[Tensor]) -> tuple[tuple[int, ...], ...]:
