@@ -336,6 +336,7 @@ def forward_check(
 def _normalised_batches(objective: Objective, n_train: int, batch_size: int) -> None:
     """BatchNorm over vectors (an adapter's ``adapter_bn``, the ``regressor`` on vectors) needs
     ≥ 2 samples in every training batch, the last one of an epoch included."""
+
     def normalises(term: nn.Module) -> bool:
         return any(isinstance(m, nn.BatchNorm1d) for m in term.modules())
 
