@@ -1,13 +1,15 @@
 """``kdlab sweep``: grids × zipped lists × seeds expanded into cells, each teacher trained once per
 seed, one finished run per (cell, seed, role), failed cells recorded while the others finish,
-resumption after a worker is killed, no cell trained twice by concurrent processes, bad input.
+resumption after a worker is killed or Ctrl-C, no cell trained twice by concurrent processes, bad
+input.
 
-Training runs on digits with one thread and tiny MLPs. The kill and concurrency tests run the CLI
-in subprocesses (like tests/test_faults.py); the others run it in this process (CliRunner).
+Training runs on digits with one thread and tiny MLPs. The kill, Ctrl-C and concurrency tests run
+the CLI in subprocesses (like tests/test_faults.py); the others run it in this process (CliRunner).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -29,8 +31,9 @@ from kdlab import cli, terminal
 from kdlab.config import parse_config
 from kdlab.errors import ConfigError
 from kdlab.store import RunStore
-from kdlab.sweep.cells import Task, claim, claim_path
+from kdlab.sweep.cells import Outcome, Task, claim, claim_path
 from kdlab.sweep.plan import SweepOptions, parse_seeds, plan_sweep, split_values
+from kdlab.sweep.pool import SweepResult
 
 TRAIN = {"epochs": 2, "batch_size": 64, "threads": 1, "checkpoint_seconds": 0}
 CONFIG: dict[str, Any] = {
@@ -160,6 +163,39 @@ def test_a_claim_excludes_every_other_holder(tmp_path: Path) -> None:
         fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
+def test_a_shared_run_is_labelled_with_what_its_cells_vary_in_its_sections() -> None:
+    def lines(*grid: str, zip_: tuple[str, ...] = ()) -> list[str]:
+        plan = plan_sweep(parse_config(CONFIG), "x", SweepOptions(grid=list(grid), zip=list(zip_)))
+        result = SweepResult(plan)
+        keys = {(k, c.shared(k)) for c in plan.cells for k in ("teacher", "student")}
+        outcomes = [Outcome(Task(k, 0, key=key), True, {"accuracy": 0.5}) for k, key in keys]
+        return sorted(result.line(o) for o in outcomes)
+
+    assert lines("student.train.epochs=1,2", "distill.loss.1.temperature=1,4",
+                 "teacher.train.epochs=1,3") == [
+        "student alone student.train.epochs=1 s0 (shared by 4 cells): test acc 50.00 %",
+        "student alone student.train.epochs=2 s0 (shared by 4 cells): test acc 50.00 %",
+        "teacher teacher.train.epochs=1 s0 (shared by 4 cells): test acc 50.00 %",
+        "teacher teacher.train.epochs=3 s0 (shared by 4 cells): test acc 50.00 %",
+    ]  # fmt: skip
+    assert lines("data.test_size=100,150", "student.model.hidden=[8, 8],[16]") == [
+        "student alone data.test_size=100 student.model.hidden=[16] s0 (shared by 1 cell): "
+        "test acc 50.00 %",
+        "student alone data.test_size=100 student.model.hidden=[8, 8] s0 (shared by 1 cell): "
+        "test acc 50.00 %",
+        "student alone data.test_size=150 student.model.hidden=[16] s0 (shared by 1 cell): "
+        "test acc 50.00 %",
+        "student alone data.test_size=150 student.model.hidden=[8, 8] s0 (shared by 1 cell): "
+        "test acc 50.00 %",
+        "teacher data.test_size=100 s0 (shared by 2 cells): test acc 50.00 %",
+        "teacher data.test_size=150 s0 (shared by 2 cells): test acc 50.00 %",
+    ]
+    assert lines(zip_=("distill.loss.1.temperature=1,4", "distill.loss.0.weight=0.1,0.2")) == [
+        "student alone s0 (shared by 2 cells): test acc 50.00 %",  # nothing of theirs varies
+        "teacher s0 (shared by 2 cells): test acc 50.00 %",
+    ]
+
+
 # -- a sweep in this process ----------------------------------------------------------------------
 
 FAILING = ["--zip", "distill.loss.1.temperature=1,4,4",
@@ -187,9 +223,10 @@ def test_each_teacher_trains_once_and_each_cell_records_its_assignments(swept) -
            "test acc" in result.stdout  # fmt: skip
     lines = result.stdout.splitlines()
     assert sum(line.startswith("teacher s") for line in lines) == 2
-    # The two good cells share their student alone (one per seed); the third's diverges.
-    assert sum(line.startswith("student alone s") and "(shared by 2 cells)" in line
-               and "test acc" in line for line in lines) == 2  # fmt: skip
+    # The two good cells share their student alone (one per seed); the third's diverges. Each
+    # line names the student settings the cells vary (the learning rate).
+    assert sum(line.startswith("student alone student.train.optimizer.lr=0.003 s")
+               and "(shared by 2 cells): test acc" in line for line in lines) == 2  # fmt: skip
     with RunStore(store) as runs:
         records = runs.list_runs(status="finished")
     for role in ("teacher", "student"):  # one per seed, shared by the cells
@@ -219,8 +256,9 @@ def test_a_failed_cell_is_recorded_and_the_others_finish(swept) -> None:
     _, store, result = swept
     assert result.exit_code == 1, result.output
     failed = [line for line in result.stdout.splitlines() if "FAILED" in line]
-    cells = [line for line in failed if "lr=1e+30" in line]  # the cell, seeds 0 and 1
-    alone = [line for line in failed if line.startswith("student alone s")]  # its student alone
+    cells = [line for line in failed if line.startswith("[") and "lr=1e+30" in line]  # seeds 0, 1
+    its_alone = "student alone student.train.optimizer.lr=1e+30 s"  # "(shared by 1 cell)"
+    alone = [line for line in failed if line.startswith(its_alone) and "by 1 cell)" in line]
     assert len(cells) == 2 and len(alone) == 2 and len(failed) == 4, failed
     assert all("NonFiniteLossError" in line for line in failed)
     err = " ".join(result.stderr.split())
@@ -321,3 +359,64 @@ def test_two_sweeps_at_once_never_train_a_cell_twice(tmp_path: Path) -> None:
         code, _, err = finish(proc)
         assert code == 0, err
     assert_one_run_each(store, cells=2, seeds=2)
+
+
+def sweep_workers(pid: int) -> list[int]:
+    """The worker processes of sweep ``pid`` that import or have imported torch."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):  # not a process, or ended
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if parent == pid and "libtorch" in (entry / "maps").read_text():
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="finds workers in /proc")
+@pytest.mark.parametrize("moment", ["workers-importing", "mid-training"])
+def test_ctrl_c_stops_a_worker_sweep_without_a_traceback(tmp_path: Path, moment: str) -> None:
+    """Ctrl-C signals the whole process group: the workers leave it to the scheduler, whose
+    SIGTERM marks their runs interrupted, even while they still import torch. The workers get
+    it first here, as when their handlers run before the scheduler's SIGTERM arrives."""
+    config = copy.deepcopy(CONFIG)
+    if moment == "mid-training":
+        config["distill"]["train"] = {**TRAIN, "epochs": 60, "batch_size": 32}  # time to stop it
+    path, store = write(tmp_path, config), tmp_path / "store"
+    args = ("sweep", path, "--grid", "distill.loss.1.temperature=1,4", "--store", store)
+    cmd = [sys.executable, "-c", CLI, *(str(a) for a in (*args, "--workers", 2))]
+    pipe = subprocess.PIPE  # in its own process group, as a command in a terminal
+    proc = subprocess.Popen(cmd, stdout=pipe, stderr=pipe, text=True, start_new_session=True)
+    try:
+        deadline, victim = time.monotonic() + 120, None
+        while not (
+            len(sweep_workers(proc.pid)) == 2  # both past Python's start, in `import torch`
+            if moment == "workers-importing"
+            else (victim := running_distilled(store))
+        ):
+            assert proc.poll() is None, proc.communicate()
+            if time.monotonic() > deadline:
+                os.killpg(proc.pid, signal.SIGKILL)
+                pytest.fail(f"the sweep never reached {moment}: {proc.communicate()}")
+            time.sleep(0.01)
+        for pid in sweep_workers(proc.pid):
+            os.kill(pid, signal.SIGINT)
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)
+        code, out, err = finish(proc, timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "Traceback" not in out + err and "Exception ignored" not in out + err, err
+    assert "FAILED" not in out, out  # no worker ended on its own
+    line = " ".join(err.split())  # the one line, wrapped at 80 columns
+    assert code == 130 and line.startswith("interrupted (Ctrl-C): "), err
+    assert line.endswith(f"--workers=2 --store={store}`") and line.count("interrupted") == 2, err
+    if victim is not None:  # stopped by the scheduler's SIGTERM, marked so
+        with RunStore(store) as runs:
+            assert runs.get_run(victim[0]).status == "interrupted"
+    code, out, err = finish(kdlab(*args))  # the sweep resumes
+    assert code == 0, err
+    assert_one_run_each(store, cells=2, seeds=1)
+    if victim is not None:
+        with RunStore(store) as runs:
+            assert [row["epoch"] for row in runs.history(victim[0])] == list(range(1, 61))

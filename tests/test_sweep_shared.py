@@ -62,8 +62,12 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
 
 def test_each_student_alone_trains_once_per_seed(swept) -> None:
     folder, result = swept
-    lines = [line for line in result.stdout.splitlines() if line.startswith("student alone s")]
-    assert len(lines) == 4 and all("(shared by 2 cells): test acc" in line for line in lines)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("student alone ")]
+    assert len(lines) == 4
+    for epochs in (1, 2):  # each labelled with the student settings its cells vary
+        for seed in (0, 1):
+            label = f"student alone student.train.epochs={epochs} s{seed} (shared by 2 cells): "
+            assert sum(line.startswith(label + "test acc") for line in lines) == 1, lines
     with RunStore(folder / "store") as store:
         runs = store.list_runs(experiment="shared", status="finished")
     alone = [r for r in runs if r.role == "student"]

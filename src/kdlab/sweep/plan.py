@@ -106,6 +106,13 @@ class SweepPlan:
     def sharing(self, kind: str, key: str) -> int:
         return sum(c.shared(kind) == key for c in self.cells)
 
+    def shared_label(self, kind: str, key: str) -> str:
+        """The assignments inside shared run ``key``'s sections (the same in every cell sharing
+        it): what tells apart two shared runs of one kind; empty when the sweep varies none."""
+        assignments = self.shared_cell(kind, key).assignments.items()
+        inside = [(k, v) for k, v in assignments if k.split(".")[0] in SHARED_SECTIONS[kind]]
+        return " ".join(f"{k}={format_value(v)}" for k, v in inside)
+
 
 def format_value(value: Any) -> str:
     """A value as a user would type it after ``key=``."""

@@ -6,6 +6,7 @@ after its shared teacher's task succeeded; the shared student alone is its own t
 cell waits for (a distilled student does not need it). A worker that dies (``kill -9``, out of
 memory) costs its task only: that task is reported failed — its runs read as interrupted and
 continue when the command runs again — a new worker takes its place, and the other tasks go on.
+Ctrl-C is the scheduler's alone: workers shut SIGINT out from birth and stop on its SIGTERM.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import contextlib
 import multiprocessing as mp
 import os
 import signal
+import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
@@ -95,7 +98,34 @@ def run_inline(plan: SweepPlan, todo: Schedule, store: RunStore, report: Report)
             report(done)
 
 
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Around a worker's start: SIGINT blocked in this thread, so the worker is born with it
+    blocked (a signal mask survives fork+exec) until worker_main ignores it, and a Ctrl-C while
+    it imports prints no traceback; here a Ctrl-C meanwhile is held, then raised: it neither
+    cuts start() short (a worker without its task data) nor is lost."""
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX
+        yield
+        return
+    resource_tracker.ensure_running()  # now: starting it unblocks SIGINT after
+    held: list[int] = []
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None  # None: not set from Python
+    if previous is not None:
+        signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)  # after the holder took one pending
+        if held:
+            signal.raise_signal(signal.SIGINT)  # the scheduler's own handling, now
+
+
 def _interrupt(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second must not cut the marking short
     raise KeyboardInterrupt  # the runs layer marks the run in progress interrupted
 
 
@@ -103,27 +133,35 @@ def worker_main(conn: Connection, root: str, plan: SweepPlan, threads: int) -> N
     """A worker process: run each task the scheduler sends, answer its outcome; None ends."""
     import torch
 
-    signal.signal(signal.SIGTERM, _interrupt)
-    torch.set_num_threads(threads)  # N workers share the cores (a config's `threads` wins)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # discards a Ctrl-C pending since birth
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # see _sigint_held
     try:
+        signal.signal(signal.SIGTERM, _interrupt)
+        torch.set_num_threads(threads)  # N workers share the cores (a config's `threads` wins)
         with RunStore(root) as store:
             while (task := conn.recv()) is not None:
                 conn.send(execute(plan, task, store))
     except (KeyboardInterrupt, EOFError, BrokenPipeError):
-        return  # interrupted, or the scheduler is gone: the run in progress says so
+        pass  # interrupted, or the scheduler is gone: the run in progress says so
+    finally:  # exiting (atexit callbacks follow): a late SIGTERM ends it without a traceback
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class Worker:
     """One worker process and the pipe to it."""
 
     def __init__(self, context: Any, root: Path, plan: SweepPlan, threads: int) -> None:
-        self.conn, child = context.Pipe()
-        self.process = context.Process(
-            target=worker_main, args=(child, str(root), plan, threads), name="kdlab-sweep-worker"
-        )
-        self.process.start()
-        child.close()
+        self.conn, self.child = context.Pipe()
+        args = (self.child, str(root), plan, threads)
+        self.process = context.Process(target=worker_main, args=args, name="kdlab-sweep-worker")
         self.task: Task | None = None
+
+    def start(self) -> None:
+        """Start the process (once the pool holds this worker: a Ctrl-C may end start())."""
+        with _sigint_held():
+            self.process.start()
+        self.child.close()
 
     def give(self, task: Task) -> None:
         self.task = task
@@ -146,31 +184,41 @@ class Worker:
             self.task = None
         return outcome
 
-    def close(self, terminate: bool) -> None:
+    def stop(self, terminate: bool) -> None:
+        """Ask the process to end: now (SIGTERM), or once idle."""
         if terminate and self.process.is_alive():
-            self.process.terminate()  # SIGTERM: the run in progress is marked interrupted
+            self.process.terminate()  # the run in progress is marked interrupted
         elif not terminate:
             with contextlib.suppress(OSError):
                 self.conn.send(None)
-        self.process.join(60)
+
+    def close(self) -> None:
+        """Wait for the process to end (killed after a minute), and close the pipe."""
+        if self.process.pid is not None:  # started
+            self.process.join(60)
         if self.process.is_alive():
             self.process.kill()
             self.process.join()
         self.conn.close()
+        self.child.close()
 
 
 def run_parallel(plan: SweepPlan, todo: Schedule, root: Path, workers: int, report: Report) -> None:
     context = mp.get_context("spawn")  # no fork of a process that holds threads and SQLite
     threads = max(1, (os.cpu_count() or 1) // workers)
-    pool = [Worker(context, root, plan, threads) for _ in range(workers)]
+    pool: list[Worker] = []
     finished = False
     try:
+        for _ in range(workers):
+            pool.append(Worker(context, root, plan, threads))
+            pool[-1].start()
         while True:
             for i, worker in enumerate(pool):
                 if worker.task is None and todo.ready:
                     if not worker.process.is_alive():
-                        worker.close(terminate=True)
+                        worker.close()
                         pool[i] = worker = Worker(context, root, plan, threads)
+                        worker.start()
                     worker.give(todo.ready.popleft())
             busy = [w for w in pool if w.task is not None]
             if not busy:
@@ -182,8 +230,10 @@ def run_parallel(plan: SweepPlan, todo: Schedule, root: Path, workers: int, repo
                     report(done)
         finished = True
     finally:
+        for worker in pool:  # all at once: each stops its run where it is
+            worker.stop(terminate=not finished)
         for worker in pool:
-            worker.close(terminate=not finished)
+            worker.close()
 
 
 @dataclass
@@ -202,7 +252,10 @@ class SweepResult:
         task = outcome.task
         if task.kind in SHARED:
             role = "student alone" if task.kind == "student" else "teacher"
-            what = f"{role} s{task.seed} (shared by {self.plan.sharing(task.kind, task.key)} cells)"
+            label = self.plan.shared_label(task.kind, task.key)  # which one, when cells vary it
+            cells = self.plan.sharing(task.kind, task.key)
+            what = " ".join(filter(None, (role, label, f"s{task.seed}")))
+            what += f" (shared by {cells} cell{'' if cells == 1 else 's'})"
         else:
             done = len(self.cells())
             total = len(self.plan.cells) * len(self.plan.seeds)
