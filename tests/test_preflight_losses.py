@@ -136,3 +136,17 @@ def test_a_mistyped_loss_parameter_gets_the_closest_name() -> None:
         build_term({"type": "dkd", "tempreature": 4})
     with pytest.raises(ConfigError, match=r"^loss 'crd': negatives must be"):
         build_term({"type": "crd", "student": "a", "teacher": "b", "negatives": 0})
+
+
+def test_a_stage_whose_loss_cannot_reach_its_trainable_modules_is_refused() -> None:
+    hint = {"type": "hint", "student": "features.1", "teacher": "features.1"}
+    message = refused(config(stages=[
+        {"loss": [hint], "trainable": ["head"]},  # the hint is read before the head
+        {"loss": [{"type": "ce"}]},
+    ]))  # fmt: skip
+    assert message.startswith("distill.stages[0].loss: no gradient of this loss reaches the "
+                              "modules the stage trains (head)")  # fmt: skip
+    preflight(config(stages=[  # FitNets' stage 1: the layers up to the hint train
+        {"loss": [hint], "trainable": ["features.0", "features.1"]},
+        {"loss": [{"type": "ce"}]},
+    ]))  # fmt: skip

@@ -208,11 +208,11 @@ def _check_losses(
     base = cfg.distill.train or cfg.student.train
     n_train = cfg.student.train_subset or len(data.train)
     learners, teachers = _scheme_models(cfg, data, student, teacher)
-    steps: list[tuple[str, Objective, TrainSettings]] = []
+    steps: list[Step] = []
     for i, stage in enumerate(cfg.distill.stages or []):
         where = f"distill.stages[{i}]"
         steps.append((f"{where}.loss", _objective(stage.loss, f"{where}.loss"),
-                      merge_settings(base, stage.train)))  # fmt: skip
+                      merge_settings(base, stage.train), stage.trainable))  # fmt: skip
         if stage.trainable not in ("all", "none"):
             try:
                 with train_only(student, stage.trainable, "student"):
@@ -220,9 +220,9 @@ def _check_losses(
             except ConfigError as err:
                 raise ConfigError(f"{where}.trainable: {err}") from None
     if cfg.distill.loss is not None:
-        steps.append(("distill.loss", _objective(cfg.distill.loss, "distill.loss"), base))
+        steps.append(("distill.loss", _objective(cfg.distill.loss, "distill.loss"), base, "all"))
     offline = cfg.distill.scheme == "offline"
-    for where, objective, settings in steps:  # batch sizes are the stage's or distill.train's
+    for where, objective, settings, _ in steps:  # batch sizes are the stage's or distill.train's
         _taps(objective, where, learners, teachers)
         batches = "distill.train" if where == "distill.loss" else where.removesuffix(".loss")
         _batches(objective, batches, n_train, settings)
@@ -263,11 +263,16 @@ def _batches(objective: Objective, where: str, n_train: int, train: TrainSetting
         raise ConfigError(f"{where}: {err}") from None
 
 
-def check_stage_plan(steps: Sequence[tuple[str, Objective, TrainSettings]], offline: bool) -> None:
+#: One loss in training order: where it is in the config, the loss, its training settings and
+#: the student modules it trains ("all", "none" or module paths).
+Step = tuple[str, Objective, TrainSettings, Sequence[str] | str]
+
+
+def check_stage_plan(steps: Sequence[Step], offline: bool) -> None:
     """Over the losses in training order: each trains something, the last trains the student,
     and FT's transfer follows a paraphrase stage of the same term name (its trained state)."""
     paraphrased: set[str] = set()
-    for where, objective, _ in steps:
+    for where, objective, *_ in steps:
         active = [t for t in objective.terms if t.weight > 0]
         if not active:
             raise ConfigError(
@@ -288,7 +293,7 @@ def check_stage_plan(steps: Sequence[tuple[str, Objective, TrainSettings]], offl
                     f"{where}: loss {term.name!r} (ft, phase transfer) reads a paraphraser that no "
                     f"earlier stage trains; {fix}"
                 )
-    where, last, _ = steps[-1] if steps else ("", None, None)
+    where, last, *_ = steps[-1] if steps else ("", None)
     if last is not None and all(getattr(t, "phase", "") == "paraphrase"
                                 for t in last.terms if t.weight > 0):  # fmt: skip
         raise ConfigError(
@@ -298,7 +303,7 @@ def check_stage_plan(steps: Sequence[tuple[str, Objective, TrainSettings]], offl
 
 
 def forward_check(
-    steps: Sequence[tuple[str, Objective, TrainSettings]],
+    steps: Sequence[Step],
     data: DataSplits,
     student: nn.Module,
     teacher: nn.Module | None,
@@ -307,8 +312,9 @@ def forward_check(
     """One forward of each loss on a few training examples, the terms' trained state carried
     from stage to stage as the run carries it: what only shapes reveal (a vector tapped where a
     map is needed, an adapter that cannot map, ReviewKD's level order, KD-SVD's k past the
-    channels) fails here, not after the teacher has trained. The models' weights, BatchNorm
-    statistics and the global random streams are left as they were."""
+    channels) and a stage whose loss cannot reach the modules it trains fail here, not after the
+    teacher has trained. The models' weights, BatchNorm statistics and the global random
+    streams are left as they were."""
     device = module_device(student)
     if teacher is not None and module_device(teacher) != device:
         return  # a given teacher on another device: the run's first batch checks the shapes
@@ -316,21 +322,49 @@ def forward_check(
     inputs = to_device(data.train.inputs(slice(rows)), device)
     states: dict = {}
     with torch.random.fork_rng(devices=[]), torch.no_grad():
-        for where, objective, settings in steps:
+        for where, objective, settings, trainable in steps:
             sample = Batch(inputs, data.train.y[:rows].to(device), torch.arange(rows),
                            epochs=settings.epochs, train_size=n_train)  # fmt: skip
             try:
                 prepare_terms(objective, student, teacher, sample)
                 load_term_states(objective, states)
-                objective.train()
-                s_out = eval_forward(student, inputs, objective.student_taps, "student")
-                t_out = (eval_forward(teacher, inputs, objective.teacher_taps, "teacher")
-                         if teacher is not None and objective.needs_teacher else None)  # fmt: skip
-                objective(s_out, t_out, sample)
+                _dry_step(objective, student, teacher, sample, trainable)
                 _normalised_batches(objective, n_train, settings.batch_size)
             except ConfigError as err:
                 raise ConfigError(f"{where}: {err}") from None
             states = {**states, **term_states(objective)}
+
+
+def _dry_step(
+    objective: Objective,
+    student: nn.Module,
+    teacher: nn.Module | None,
+    sample: Batch,
+    trainable: Sequence[str] | str,
+) -> None:
+    """The loss on ``sample``; for a stage that trains listed modules, that its gradient
+    reaches at least one of them (a hint read upstream of them would train nothing)."""
+    objective.train()
+    t_out = (eval_forward(teacher, sample.inputs, objective.teacher_taps, "teacher")
+             if teacher is not None and objective.needs_teacher else None)  # fmt: skip
+    if isinstance(trainable, str):  # "all" (the loss reaches the logits) or "none"
+        s_out = eval_forward(student, sample.inputs, objective.student_taps, "student")
+        objective(s_out, t_out, sample)
+        return
+    with torch.enable_grad(), train_only(student, trainable, "student"):
+        s_out = eval_forward(student, sample.inputs, objective.student_taps, "student")
+        total = objective(s_out, t_out, sample).total
+        params = [p for p in student.parameters() if p.requires_grad]
+        try:
+            grads = torch.autograd.grad(total, params, allow_unused=True)
+        except RuntimeError:  # the loss does not depend on anything that trains
+            grads = (None,)
+    if all(g is None for g in grads):
+        raise ConfigError(
+            f"no gradient of this loss reaches the modules the stage trains "
+            f"({', '.join(trainable)}): its terms read only what comes before them (or the "
+            "teacher); train the modules the loss reads, or tap a module inside them"
+        )
 
 
 def _normalised_batches(objective: Objective, n_train: int, batch_size: int) -> None:
