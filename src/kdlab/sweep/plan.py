@@ -16,6 +16,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from kdlab.config import ExperimentConfig, parse_config
@@ -77,7 +78,9 @@ class Cell:
         text = " ".join(f"{k}={format_value(v)}" for k, v in self.assignments.items())
         return text or "(the base config)"
 
-    @property
+    # Cached: the scheduler, the task locks and each run ask again for every seed; a frozen
+    # cell's config never changes (cached_property writes __dict__, which frozen allows).
+    @cached_property
     def run_config(self) -> ExperimentConfig:
         """What the cell itself runs: without the student alone, which is a shared run."""
         if self.student is None:
@@ -85,7 +88,7 @@ class Cell:
         student = self.config.student.model_copy(update={"baseline": False})
         return self.config.model_copy(update={"student": student})
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         return config_fingerprint(self.run_config.model_dump(mode="json"))
 
